@@ -1,0 +1,78 @@
+"""Clustering metrics: ACC with Hungarian matching (scipy), NMI and ARI (scikit-learn),
+the matched confusion matrix, and the confident samples of Figure 1b."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+CONFIDENCE = 0.9
+
+
+def _as_int(a: Sequence[int] | np.ndarray) -> np.ndarray:
+    a = np.asarray(a)
+    if a.ndim != 1:
+        raise ValueError(f"labels must be 1-D, got shape {a.shape}")
+    return a.astype(np.int64)
+
+
+def match_clusters(y_true, y_pred, num_classes: int | None = None) -> np.ndarray:
+    """mapping[c] = the class assigned to cluster c by the Hungarian matching that maximises
+    the number of agreements (clusters left unmatched map to -1)."""
+    yt, yp = _as_int(y_true), _as_int(y_pred)
+    if yt.shape != yp.shape:
+        raise ValueError(f"y_true and y_pred differ in length: {len(yt)} vs {len(yp)}")
+    n = max(int(yp.max(initial=0)), int(yt.max(initial=0)), (num_classes or 0) - 1) + 1
+    counts = np.zeros((n, n), dtype=np.int64)
+    np.add.at(counts, (yp, yt), 1)
+    rows, cols = linear_sum_assignment(counts, maximize=True)
+    mapping = np.full(n, -1, dtype=np.int64)
+    mapping[rows] = cols
+    return mapping
+
+
+def cluster_acc(y_true, y_pred) -> float:
+    """Clustering accuracy in [0, 1]: the best one-to-one matching of clusters to classes."""
+    yt, yp = _as_int(y_true), _as_int(y_pred)
+    if len(yt) == 0:
+        raise ValueError("cluster_acc: no samples")
+    mapping = match_clusters(yt, yp)
+    return float(np.mean(mapping[yp] == yt))
+
+
+def confusion(y_true, y_pred, num_classes: int, mapping: np.ndarray | None = None) -> np.ndarray:
+    """num_classes x num_classes counts, rows: true class, columns: matched cluster."""
+    yt, yp = _as_int(y_true), _as_int(y_pred)
+    mapping = match_clusters(yt, yp, num_classes) if mapping is None else mapping
+    m = np.zeros((num_classes, num_classes), dtype=np.int64)
+    pred = mapping[yp]
+    ok = pred >= 0
+    np.add.at(m, (yt[ok], pred[ok]), 1)
+    return m
+
+
+def evaluate(y_true, probs: np.ndarray, threshold: float = CONFIDENCE) -> dict[str, float]:
+    """ACC, NMI, ARI of argmax predictions, and the fraction and ACC of confident samples
+    (max probability > threshold), the latter under the matching found on all samples."""
+    yt = _as_int(y_true)
+    probs = np.asarray(probs)
+    yp = probs.argmax(1)
+    mapping = match_clusters(yt, yp, probs.shape[1])
+    correct = mapping[yp] == yt
+    conf = probs.max(1) > threshold
+    return {
+        "acc": float(correct.mean()),
+        "nmi": float(normalized_mutual_info_score(yt, yp)),
+        "ari": float(adjusted_rand_score(yt, yp)),
+        "confident_frac": float(conf.mean()),
+        "confident_acc": float(correct[conf].mean()) if conf.any() else float("nan"),
+    }
+
+
+def scores(y_true, y_pred) -> dict[str, float]:
+    """ACC, NMI and ARI of hard predictions (the k-means baseline)."""
+    return {"acc": cluster_acc(y_true, y_pred),
+            "nmi": float(normalized_mutual_info_score(y_true, y_pred)),
+            "ari": float(adjusted_rand_score(y_true, y_pred))}

@@ -1,0 +1,267 @@
+"""Self-supervised pretraining of the backbone (RotNet, SimCLR, MoCo v2), its cache, and the
+k-means baseline on a backbone's pooled features.
+
+A pretrained backbone is determined by :func:`backbone_identity` (dataset, split, method,
+epochs, seed, batch size, augmentation, architecture, width, shortcut); it is saved once
+under ``<cache_dir>/backbones/`` (write, then rename) and reused by every trial with the
+same identity. Checkpoints are loaded with ``weights_only=True`` and strictly.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import tempfile
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import data as data_mod
+from .augment import Augmenter
+from .config import Env, TrialConfig
+from .losses import moco_infonce, nt_xent
+from .models import CheckpointError, load_strict, make_backbone
+from .runtime import autocast, resolve_device, resolve_precision
+
+Log = Callable[[str], None]
+
+# RotNet recipe (Gidaris et al.; the authors' released code): lr /5 at 30 %, 60 %, 80 % of training.
+ROTNET = dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4, milestones=(60, 120, 160), total=200,
+              gamma=0.2)
+# Contrastive recipes (CIFAR settings of the MoCo demo and SimCLR): SGD, lr 0.06 per 256 images, cosine.
+CONTRASTIVE = dict(lr_per_256=0.06, momentum=0.9, weight_decay=5e-4, proj_dim=128,
+                   simclr_temperature=0.5, moco_temperature=0.2, moco_momentum=0.99, moco_queue=4096,
+                   moco_key_splits=4)
+
+
+def backbone_identity(cfg: TrialConfig) -> dict:
+    """Every field that determines a pretrained backbone."""
+    spec = cfg.spec
+    return {"dataset": cfg.dataset, "split": cfg.split, "method": cfg.pretrain, "epochs": cfg.pretrain_epochs,
+            "seed": cfg.pretrain_seed, "batch_size": cfg.pretrain_batch_size, "augment": cfg.pretrain_augment,
+            "arch": cfg.arch, "width": cfg.width, "shortcut": cfg.shortcut,
+            "in": spec.channels if spec.is_image else spec.size}
+
+
+def backbone_key(cfg: TrialConfig) -> str:
+    blob = json.dumps(backbone_identity(cfg), sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def backbone_path(cfg: TrialConfig, cache_dir: str) -> str:
+    name = os.path.basename(cfg.dataset).replace(".npz", "")
+    return os.path.join(os.path.abspath(cache_dir), "backbones", f"{cfg.pretrain}-{name}-{backbone_key(cfg)}.pt")
+
+
+def _batches(n: int, bs: int, rng: np.random.Generator, device: torch.device):
+    perm = torch.from_numpy(rng.permutation(n)).to(device)
+    for s in range(n // bs):
+        yield perm[s * bs:(s + 1) * bs]
+
+
+def _save_atomic(obj, path: str) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-", suffix=".pt")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _sgd_setup(cfg: TrialConfig, params, steps_per_epoch: int):
+    if cfg.pretrain == "rotnet":
+        opt = torch.optim.SGD(params, lr=ROTNET["lr"], momentum=ROTNET["momentum"], nesterov=ROTNET["nesterov"],
+                              weight_decay=ROTNET["weight_decay"])
+        scale = cfg.pretrain_epochs / ROTNET["total"]
+        miles = sorted({max(1, round(m * scale)) for m in ROTNET["milestones"]})
+        sched = torch.optim.lr_scheduler.MultiStepLR(opt, [m * steps_per_epoch for m in miles], ROTNET["gamma"])
+    else:
+        lr = CONTRASTIVE["lr_per_256"] * cfg.pretrain_batch_size / 256
+        opt = torch.optim.SGD(params, lr=lr, momentum=CONTRASTIVE["momentum"],
+                              weight_decay=CONTRASTIVE["weight_decay"])
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.pretrain_epochs * steps_per_epoch)
+    return opt, sched
+
+
+def _views(aug: Augmenter, cfg: TrialConfig, xb: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    return aug.strong(xb, gen) if cfg.pretrain_augment == "strong" else aug.standard(xb, gen)
+
+
+class _Projector(nn.Module):
+    def __init__(self, dim: int, out: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, out))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def pretrain_backbone(cfg: TrialConfig, ds: data_mod.Dataset, log: Log = print) -> tuple[dict, dict]:
+    """Train a backbone with ``cfg.pretrain``; returns (backbone state_dict on CPU, stats)."""
+    device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
+    torch.manual_seed(cfg.pretrain_seed)
+    rng = np.random.default_rng(cfg.pretrain_seed)
+    gen = torch.Generator(device=device).manual_seed(cfg.pretrain_seed)
+    spec = ds.spec
+    backbone = make_backbone(cfg.arch, spec.channels, cfg.width, cfg.shortcut)
+    d = backbone.feat_dim
+    method = cfg.pretrain
+    if method == "rotnet":
+        head: nn.Module = nn.Linear(d, 4)
+    else:
+        head = _Projector(d, CONTRASTIVE["proj_dim"])
+    net = nn.Sequential(backbone, head).to(device, memory_format=torch.channels_last)
+    x = torch.from_numpy(ds.x).to(device)
+    aug = Augmenter(spec, device)
+    bs = min(cfg.pretrain_batch_size, len(ds))
+    steps = len(ds) // bs
+    opt, sched = _sgd_setup(cfg, net.parameters(), steps)
+    key_net = queue = None
+    if method == "moco":
+        key_net = copy.deepcopy(net)
+        for p in key_net.parameters():
+            p.requires_grad_(False)
+        qlen = min(CONTRASTIVE["moco_queue"], len(ds))
+        queue = F.normalize(torch.randn(qlen, CONTRASTIVE["proj_dim"], device=device, generator=gen), dim=1)
+        qptr = 0
+    t_start = time.perf_counter()
+    loss_avg = float("nan")
+    for epoch in range(cfg.pretrain_epochs):
+        t0 = time.perf_counter()
+        net.train()
+        total = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device)
+        for idx in _batches(len(ds), bs, rng, device):
+            xb = x[idx]
+            if method == "rotnet":
+                v = _views(aug, cfg, xb, gen)
+                v = torch.cat([v, v.rot90(1, (2, 3)), v.rot90(2, (2, 3)), v.rot90(3, (2, 3))])
+                target = torch.arange(4, device=device).repeat_interleave(len(idx))
+                with autocast(device, precision):
+                    logits = net(v.contiguous(memory_format=torch.channels_last))
+                loss = F.cross_entropy(logits.float(), target)
+                correct += (logits.argmax(1) == target).sum()
+            elif method == "simclr":
+                v = torch.cat([_views(aug, cfg, xb, gen), _views(aug, cfg, xb, gen)])
+                with autocast(device, precision):
+                    z = net(v)
+                loss = nt_xent(z[:len(idx)], z[len(idx):], CONTRASTIVE["simclr_temperature"])
+            else:  # moco v2
+                vq, vk = _views(aug, cfg, xb, gen), _views(aug, cfg, xb, gen)
+                with autocast(device, precision):
+                    q = net(vq)
+                with torch.no_grad():
+                    m = CONTRASTIVE["moco_momentum"]
+                    for pk, pq in zip(key_net.parameters(), net.parameters()):
+                        pk.mul_(m).add_(pq.detach(), alpha=1 - m)
+                    # single-device stand-in for shuffling BN: keys shuffled, forwarded in sub-batches
+                    shuffle = torch.from_numpy(rng.permutation(len(idx))).to(device)
+                    with autocast(device, precision):
+                        k = torch.cat([key_net(c) for c in vk[shuffle].chunk(CONTRASTIVE["moco_key_splits"])])
+                    k = F.normalize(k.float(), dim=1)[torch.argsort(shuffle)]
+                loss = moco_infonce(q, k, queue, CONTRASTIVE["moco_temperature"])
+                with torch.no_grad():
+                    pos = (qptr + torch.arange(len(idx), device=device)) % len(queue)
+                    queue[pos] = k[:len(pos)]
+                    qptr = (qptr + len(idx)) % len(queue)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.detach()
+        loss_avg = float(total) / max(steps, 1)
+        if not np.isfinite(loss_avg):
+            raise RuntimeError(f"{method} pretraining diverged at epoch {epoch + 1} (loss {loss_avg})")
+        extra = f"  rot-acc {float(correct) / (4 * steps * bs):.3f}" if method == "rotnet" else ""
+        log(f"[pretrain {method}] epoch {epoch + 1}/{cfg.pretrain_epochs}  loss {loss_avg:.4f}{extra}  "
+            f"{time.perf_counter() - t0:.1f} s")
+    stats = {"final_loss": loss_avg, "seconds": time.perf_counter() - t_start, "device": str(device),
+             "precision": precision}
+    return {k: v.detach().cpu() for k, v in backbone.state_dict().items()}, stats
+
+
+def ensure_backbone(cfg: TrialConfig, env: Env, ds: data_mod.Dataset | None = None, log: Log = print) -> str | None:
+    """Path of the cached pretrained backbone of ``cfg``, pretraining it first if missing."""
+    if cfg.pretrain == "none":
+        return None
+    path = backbone_path(cfg, env.cache_dir)
+    if os.path.exists(path):
+        return path
+    if ds is None:
+        ds = data_mod.load(cfg.dataset, env.data_root, cfg.split, env.download)
+    log(f"[pretrain {cfg.pretrain}] no cached backbone at {path}: training one")
+    state, stats = pretrain_backbone(cfg, ds, log)
+    _save_atomic({"state_dict": state, "meta": {**backbone_identity(cfg), **stats}}, path)
+    log(f"[pretrain {cfg.pretrain}] saved {path} ({stats['seconds']:.1f} s)")
+    return path
+
+
+def load_backbone(backbone: nn.Module, path: str, cfg: TrialConfig | None = None) -> dict:
+    """Load a cached backbone strictly (``weights_only=True``); returns its metadata."""
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated file, not a torch file, unsafe pickle ...
+        raise CheckpointError(f"backbone checkpoint {path} is unreadable ({type(e).__name__}: {e}); "
+                              f"delete it to pretrain again") from None
+    if not isinstance(blob, dict) or "state_dict" not in blob:
+        raise CheckpointError(f"backbone checkpoint {path}: expected a dict with 'state_dict' and 'meta'")
+    meta = blob.get("meta", {})
+    if cfg is not None:
+        want = backbone_identity(cfg)
+        diff = sorted(k for k in want if meta.get(k) != want[k])
+        if diff:
+            raise CheckpointError(f"backbone checkpoint {path} was trained for another setting "
+                                  f"({', '.join(f'{k}={meta.get(k)!r} vs {want[k]!r}' for k in diff)})")
+    load_strict(backbone, blob["state_dict"], what=f"backbone checkpoint {path}")
+    return meta
+
+
+@torch.no_grad()
+def extract_features(backbone: nn.Module, x: torch.Tensor, aug: Augmenter, batch: int = 1024,
+                     precision: str = "fp32") -> np.ndarray:
+    """Pooled features (N x D, fp32 numpy) of uint8 images on the backbone's device, eval mode."""
+    backbone.eval()
+    device = x.device
+    out = []
+    for i in range(0, len(x), batch):
+        with autocast(device, precision):
+            out.append(backbone(aug.plain(x[i:i + batch])).float().cpu())
+    return torch.cat(out).numpy()
+
+
+def kmeans_baseline(cfg: TrialConfig, env: Env, ds: data_mod.Dataset | None = None, log: Log = print,
+                    n_init: int = 10) -> dict:
+    """K-means (scikit-learn, C clusters, ``n_init`` restarts, seeded by ``cfg.seed``) on the
+    pretrained backbone's pooled features of the evaluated images: ACC, NMI, ARI."""
+    from sklearn.cluster import KMeans
+
+    from .metrics import scores
+    device = resolve_device(cfg.device)
+    split = cfg.split if cfg.eval_split == "same" else cfg.eval_split
+    if ds is None or ds.split != split:
+        ds = data_mod.load(cfg.dataset, env.data_root, split, env.download)
+    train_ds = ds if split == cfg.split else None
+    path = ensure_backbone(cfg, env, train_ds, log)
+    spec = ds.spec
+    backbone = make_backbone(cfg.arch, spec.channels if spec.is_image else spec.size, cfg.width, cfg.shortcut)
+    if path is not None:
+        load_backbone(backbone, path, cfg)
+    backbone.to(device)
+    x = torch.from_numpy(ds.x).to(device)
+    t0 = time.perf_counter()
+    feats = extract_features(backbone, x, Augmenter(spec, device), precision=resolve_precision(cfg.precision, device))
+    pred = KMeans(n_clusters=ds.num_clusters, n_init=n_init, random_state=cfg.seed).fit_predict(feats)
+    res = scores(ds.y, pred)
+    res["seconds"] = time.perf_counter() - t0
+    log(f"[k-means on {cfg.pretrain} features] acc {res['acc']:.4f}  nmi {res['nmi']:.4f}  ari {res['ari']:.4f}")
+    return res
+

@@ -1,0 +1,233 @@
+"""One LSD-C clustering trial: the per-iteration step of method.md, epoch by epoch.
+
+    trial = Trial(make_config("digits"))
+    for metrics in trial:          # one dict per epoch
+        print(metrics["acc"])
+    state = trial.state_dict()     # checkpoint; Trial(cfg).load_state_dict(state) resumes
+
+The whole dataset sits on the trial's device as uint8; augmentation, mixing and labels are
+computed there. Frozen blocks run under ``no_grad``; bf16 autocast on CUDA (losses fp32).
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import data as data_mod
+from . import labelers
+from .augment import Augmenter
+from .config import ConfigError, Env, TrialConfig
+from .losses import mse_consistency, pairwise_bce, sigmoid_rampup
+from .metrics import confusion, evaluate, match_clusters, CONFIDENCE
+from .mixing import MIXINGS, mix_target
+from .models import CheckpointError, build_model
+from .pretrain import ensure_backbone, load_backbone
+from .runtime import autocast, resolve_device, resolve_precision
+
+Log = Callable[[str], None]
+FINITE_CHECK_EVERY = 16   # steps between (synchronising) checks of the loss for NaN / inf
+
+
+class Trial:
+    """A clustering trial of ``cfg``; iterate it for per-epoch metrics."""
+
+    def __init__(self, cfg: TrialConfig, env: Env | None = None, dataset: data_mod.Dataset | None = None,
+                 log: Log = print):
+        self.cfg = cfg
+        self.env = env or Env()
+        self.log = log
+        self.device = resolve_device(cfg.device)
+        self.precision = resolve_precision(cfg.precision, self.device)
+        if dataset is None or dataset.split != cfg.split or dataset.name != cfg.dataset:
+            dataset = data_mod.load(cfg.dataset, self.env.data_root, cfg.split, self.env.download)
+        if cfg.batch_size > len(dataset):
+            raise ConfigError(f"batch_size: must be <= the number of training samples ({len(dataset)}), "
+                              f"got {cfg.batch_size}")
+        eval_split = cfg.split if cfg.eval_split == "same" else cfg.eval_split
+        eval_ds = dataset if eval_split == cfg.split else data_mod.load(
+            cfg.dataset, self.env.data_root, eval_split, self.env.download)
+        self.num_clusters = dataset.num_clusters
+        self.spec = dataset.spec
+        self.x = torch.from_numpy(dataset.x).to(self.device)
+        self.x_eval = self.x if eval_ds is dataset else torch.from_numpy(eval_ds.x).to(self.device)
+        self.y_eval = eval_ds.y
+        self.aug = Augmenter(self.spec, self.device)
+
+        self.backbone_path = ensure_backbone(cfg, self.env, dataset, log)
+        torch.manual_seed(cfg.seed)
+        self.model = build_model(cfg, self.num_clusters)
+        self.backbone_meta = load_backbone(self.model.backbone, self.backbone_path, cfg) if self.backbone_path else {}
+        fmt = torch.channels_last if self.spec.is_image else torch.contiguous_format
+        self.model.to(self.device, memory_format=fmt)
+        params = self.model.trainable_parameters()
+        if cfg.optimizer == "sgd":
+            self.opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        else:
+            self.opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.sched = torch.optim.lr_scheduler.MultiStepLR(self.opt, list(cfg.lr_steps), cfg.lr_gamma)
+        self.labeler = labelers.from_config(cfg)
+        self.mix = MIXINGS[cfg.mixing]
+        self.gen = torch.Generator(device=self.device).manual_seed(cfg.seed)
+        self.rng = np.random.default_rng(cfg.seed)
+        self.forward = torch.compile(self.model) if cfg.compile else self.model
+        self.epoch = 0
+        self.history: list[dict[str, Any]] = []
+        self.diverged = False
+        self.last_eval: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ training
+    def _forward_views(self, views: list[torch.Tensor], grads: list[bool]):
+        """Logits and pooled features of each view: one forward per view (BatchNorm statistics
+        per view, as the reference code), or one forward of the concatenation (fused_views)."""
+        with autocast(self.device, self.precision):
+            if self.cfg.fused_views:
+                logits, feats = self.forward(torch.cat(views))
+                return list(logits.chunk(len(views))), list(feats.chunk(len(views)))
+            outs = []
+            for v, g in zip(views, grads):
+                with torch.set_grad_enabled(g):
+                    outs.append(self.forward(v))
+            return [o[0] for o in outs], [o[1] for o in outs]
+
+    def train_step(self, xb: torch.Tensor, w_cons: float) -> torch.Tensor:
+        """One SGD step on a batch of raw samples; returns detached [loss, bce, mse]."""
+        cfg = self.cfg
+        x = self.aug.standard(xb, self.gen)
+        x_bar = self.aug.standard(xb, self.gen)
+        x_bar2 = self.aug.standard(xb, self.gen)
+        x_bar, x_bar2, plan = self.mix(x_bar, x_bar2, self.rng, cfg.mix_beta)
+        logits, feats = self._forward_views([x, x_bar, x_bar2], [True, True, cfg.use_mse])
+        p, p_bar, p_bar2 = (F.softmax(z.float(), dim=1) for z in logits)
+        with torch.no_grad():
+            target = mix_target(self.labeler(feats[0].detach().float()), plan, cfg.ricap_target)
+        bce = pairwise_bce(p_bar, p, target)
+        mse = mse_consistency(p_bar, p_bar2)
+        loss = bce + w_cons * mse if cfg.use_mse else bce
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        return torch.stack([loss.detach(), bce.detach(), mse.detach()])
+
+    def run_epoch(self) -> dict[str, Any]:
+        """Train one epoch (drop_last batches), evaluate, and return the epoch's metrics."""
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        self.model.train()
+        w_cons = cfg.lam * sigmoid_rampup(self.epoch, cfg.rampup) if cfg.use_mse else 0.0
+        lr = self.opt.param_groups[0]["lr"]
+        n, bs = len(self.x), cfg.batch_size
+        steps = n // bs
+        perm = torch.from_numpy(self.rng.permutation(n)).to(self.device)
+        sums = torch.zeros(3, device=self.device)
+        finite = True
+        for s in range(steps):
+            sums += self.train_step(self.x[perm[s * bs:(s + 1) * bs]], w_cons)
+            if (s + 1) % FINITE_CHECK_EVERY == 0 and not bool(torch.isfinite(sums).all()):
+                finite = False
+                break
+        means = (sums / max(steps, 1)).tolist()
+        finite = finite and all(math.isfinite(v) for v in means)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        train_s = time.perf_counter() - t0
+        self.sched.step()
+        self.epoch += 1
+        m: dict[str, Any] = {"epoch": self.epoch, "loss": means[0], "bce": means[1], "mse": means[2],
+                             "w_cons": w_cons, "lr": lr, "train_s": train_s,
+                             "images_per_s": steps * bs / train_s if train_s > 0 else float("nan")}
+        if not finite:
+            self.diverged = True
+            m["diverged"] = True
+            self.log(f"epoch {self.epoch}/{cfg.epochs}: loss is not finite ({means[0]}): trial diverged")
+        elif self.epoch % cfg.eval_every == 0 or self.epoch == cfg.epochs:
+            m.update(self.evaluate())
+        m["epoch_s"] = time.perf_counter() - t0
+        self.history.append(m)
+        return m
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        while self.epoch < self.cfg.epochs and not self.diverged:
+            yield self.run_epoch()
+
+    @property
+    def done(self) -> bool:
+        return self.diverged or self.epoch >= self.cfg.epochs
+
+    # ---------------------------------------------------------------- evaluation
+    @torch.no_grad()
+    def predict(self, batch: int | None = None) -> np.ndarray:
+        """Softmax probabilities (N x C) of the evaluated samples, eval mode, no augmentation."""
+        batch = batch or (8192 if self.device.type == "cuda" else 1024)
+        self.model.eval()
+        out = []
+        for i in range(0, len(self.x_eval), batch):
+            with autocast(self.device, self.precision):
+                logits, _ = self.model(self.aug.plain(self.x_eval[i:i + batch]))
+            out.append(F.softmax(logits.float(), dim=1))
+        self.model.train()
+        return torch.cat(out).cpu().numpy()
+
+    def evaluate(self) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        probs = self.predict()
+        res = evaluate(self.y_eval, probs)
+        res["eval_s"] = time.perf_counter() - t0
+        self.last_eval = {"probs": probs}
+        return res
+
+    def confusions(self) -> dict[str, list[list[int]]]:
+        """Confusion matrices (true class x matched cluster) of the last evaluation: all
+        samples, and samples with max probability > 0.9 (Figure 1)."""
+        probs = self.last_eval.get("probs")
+        if probs is None:
+            probs = self.predict()
+        pred = probs.argmax(1)
+        mapping = match_clusters(self.y_eval, pred, self.num_clusters)
+        conf = probs.max(1) > CONFIDENCE
+        c = self.num_clusters
+        return {"all": confusion(self.y_eval, pred, c, mapping).tolist(),
+                "confident": confusion(self.y_eval[conf], pred[conf], c, mapping).tolist()}
+
+    # ------------------------------------------------------------- checkpointing
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue this trial exactly; loadable with weights_only=True."""
+        return {"config_key": self.cfg.key(), "epoch": self.epoch, "diverged": self.diverged,
+                "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+                "scheduler": self.sched.state_dict(), "gen": self.gen.get_state(),
+                "rng": json.dumps(self.rng.bit_generator.state),
+                "history": json.dumps(self.history)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("config_key") != self.cfg.key():
+            raise CheckpointError(f"trial checkpoint is for config {state.get('config_key')}, "
+                                  f"not this trial's {self.cfg.key()}")
+        self.model.load_state_dict(state["model"], strict=True)
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        self.gen.set_state(state["gen"])
+        self.rng.bit_generator.state = json.loads(state["rng"])
+        self.history = json.loads(state["history"])
+        self.epoch = int(state["epoch"])
+        self.diverged = bool(state["diverged"])
+
+    def save(self, path: str) -> None:
+        torch.save(self.state_dict(), path)
+
+    def load(self, path: str) -> None:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise CheckpointError(f"trial checkpoint {path} is unreadable ({type(e).__name__}: {e})") from None
+        self.load_state_dict(state)
+
+
+def run_trial(cfg: TrialConfig, env: Env | None = None, dataset: data_mod.Dataset | None = None,
+              log: Log = print) -> Iterator[dict[str, Any]]:
+    """Per-epoch metrics of a fresh trial of ``cfg``."""
+    yield from Trial(cfg, env, dataset, log)
