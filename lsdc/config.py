@@ -234,7 +234,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # RotNet features of 8x8 digits are poor (k-means ACC ~0.27, kNN-pair precision ~0.46);
     # SimCLR with its strong augmentation gives k-means ACC ~0.9, so digits pretrains with it.
     "digits": dict(optimizer="sgd", epochs=20, lr_steps=(16,), lr=0.05, lam=2.0, rampup=5,
-                   cosine_tau=0.8, sne_tau=0.01, sne_temperature=1.0, knn_k=10, labeler="knn",
+                   cosine_tau=0.9, sne_tau=0.01, sne_temperature=3.0, knn_k=10, labeler="knn",
                    width=0.25, batch_size=128, freeze_from=2, pretrain="simclr", pretrain_augment="strong",
                    pretrain_epochs=20, pretrain_batch_size=128),
 }

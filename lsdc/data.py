@@ -302,6 +302,17 @@ def get_spec(name: str) -> DatasetSpec:
     raise DatasetError(f"dataset: unknown {name!r}; allowed: {', '.join(DATASETS)}, or a path to an .npz file")
 
 
+def check_available(name: str, root: str | None = None, download: bool = False) -> None:
+    """Fail now (one line naming the files and the download flag) if a dataset is missing."""
+    spec = get_spec(name)
+    if spec.loader is None or not spec.files:
+        return
+    root = os.path.abspath(os.path.expanduser(root or "data"))
+    if name == "reuters10k" and os.path.exists(os.path.join(root, "reutersidf10k.npz")):
+        return
+    _require(root, spec.files, download, name)
+
+
 def load(name: str, root: str | None = None, split: str = "all", download: bool = False) -> Dataset:
     """Load a dataset fully into memory (see the module docstring for the layout)."""
     spec = get_spec(name)
@@ -311,10 +322,8 @@ def load(name: str, root: str | None = None, split: str = "all", download: bool 
         x, y = _load_npz(name)
     else:
         root = os.path.abspath(os.path.expanduser(root or "data"))
+        check_available(name, root, download)
         files = spec.files
-        if name == "reuters10k":
-            files = () if os.path.exists(os.path.join(root, "reutersidf10k.npz")) else files
-        _require(root, files, download, name)
         try:
             x, y = spec.loader(root, split, download)
         except RuntimeError as e:  # torchvision: "Dataset not found or corrupted."
@@ -324,5 +333,5 @@ def load(name: str, root: str | None = None, split: str = "all", download: bool 
     return Dataset(name=name, x=x, y=y, num_clusters=spec.num_clusters, spec=spec, split=split)
 
 
-__all__ = ["CIFAR100_COARSE", "DATASETS", "Dataset", "DatasetError", "DatasetSpec", "get_spec", "load",
+__all__ = ["CIFAR100_COARSE", "DATASETS", "Dataset", "DatasetError", "DatasetSpec", "check_available", "get_spec", "load",
            "npz_spec", "SPLITS"]
