@@ -1,0 +1,127 @@
+"""The study runner on a local Ray and on a 3-node ray.cluster_utils.Cluster (CPU, tiny digits trials)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from lsdc.records import read_records
+from lsdc.storage import Storage
+from lsdc.study import Study, Variant, main, plan
+
+TINY = ["--dataset", "digits", "--epochs", "2", "--pretrain-epochs", "1", "--set", "width=0.125",
+        "--set", "batch_size=64", "--quiet"]
+STUDY = Study(name="tiny", title="a tiny study", variants=(Variant("a", {"labeler": "knn"}),
+                                                           Variant("b", {"labeler": "cosine"})))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def ran(tmp_path_factory):
+    storage = str(tmp_path_factory.mktemp("store"))
+    code = main(STUDY, TINY + ["--seeds", "0,1", "--storage", storage])
+    return storage, code
+
+
+def test_local_ray_run_leaves_one_readable_record_per_trial(ran):
+    storage, code = ran
+    assert code == 0
+    records, bad = read_records(Storage(storage), ["tiny"])
+    assert bad == [] and len(records) == 4
+    assert {(r["variant"], r["seed"]) for r in records} == {("a", 0), ("a", 1), ("b", 0), ("b", 1)}
+    for r in records:
+        assert r["status"] == "finished" and r["epochs_done"] == 2 and len(r["history"]) == 2
+        assert 0 <= r["final"]["acc"] <= 1 and r["wall_s"] > 0 and r["images_per_s"] > 0
+        assert r["config"]["epochs"] == 2 and r["versions"]["torch"] and r["hardware"]["cpu_count"]
+        assert len(r["confusion"]["all"]) == 10
+        assert "git_commit" in r
+    plan_file = json.load(open(os.path.join(storage, "tiny", "plans", "digits.json")))
+    assert len(plan_file["trials"]) == 4
+    # one backbone pretrained for all four trials, in the storage
+    assert len(os.listdir(os.path.join(storage, "backbones"))) == 1
+
+
+def test_rerun_skips_finished_trials(ran, capsys):
+    storage, _ = ran
+    before = {r["key"]: r["finished_at"] for r in read_records(Storage(storage), ["tiny"])[0]}
+    assert main(STUDY, TINY + ["--seeds", "0,1", "--storage", storage]) == 0
+    out = capsys.readouterr().out
+    assert "4 finished already, 0 to run" in out and "nothing to do" in out
+    after = {r["key"]: r["finished_at"] for r in read_records(Storage(storage), ["tiny"])[0]}
+    assert after == before
+
+
+def test_new_seed_runs_only_the_new_trials_and_other_studies_reuse_records(ran, capsys):
+    storage, _ = ran
+    assert main(STUDY, TINY + ["--seeds", "0,1,2", "--storage", storage]) == 0
+    out = capsys.readouterr().out
+    assert "4 finished already, 2 to run" in out
+    other = Study(name="tiny_other", title="same trials", variants=(Variant("knn", {"labeler": "knn"}),))
+    assert main(other, TINY + ["--seeds", "0,1", "--storage", storage]) == 0
+    out = capsys.readouterr().out
+    assert "2 finished already (2 reused from other studies), 0 to run" in out
+    recs = read_records(Storage(storage), ["tiny_other"])[0]
+    assert {r["variant"] for r in recs} == {"knn"} and all(r["reused_from"] == "tiny" for r in recs)
+
+
+def test_make_tables_on_the_run(ran, tmp_path):
+    storage, _ = ran
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "analysis", "make_tables.py"), "--storage", storage,
+                          "--out", str(tmp_path / "t.md")], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    text = (tmp_path / "t.md").read_text()
+    assert "Table 5" in text and "Not run yet" in text
+
+
+def test_debug_mode_runs_one_trial_in_process_without_ray(tmp_path, capsys):
+    import ray
+    assert main(STUDY, ["--debug", "--storage", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "[debug] done in" in out and not ray.is_initialized()
+    assert not (tmp_path / "tiny").exists()          # no records from debug runs
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--dataset", "imagenet"], "dataset: unknown 'imagenet'"),
+    (["--seeds", ""], "--seeds: empty list"),
+    (["--seeds", "1,1"], "--seeds: duplicate seed 1"),
+    (["--set", "batch_size=1"], "batch_size: must be >= 2"),
+    (["--set", "knn_k=64"], r"knn_k: must be < batch_size \(64\)"),
+])
+def test_bad_input_fails_before_anything_is_written(tmp_path, capsys, argv, message):
+    store = tmp_path / "never"
+    code = main(STUDY, TINY + ["--storage", str(store)] + argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error: ") and len(err.splitlines()) == 1
+    import re
+    assert re.search(message, err)
+    assert not store.exists()
+
+
+def test_plan_uses_paper_seed_counts_and_explicit_lists():
+    from lsdc.studies import BATCH_SIZE
+    p = plan(BATCH_SIZE, "digits")
+    counts = {v: sum(x.variant == v for x in p) for v in ("64", "128", "256", "512")}
+    assert counts == {"64": 2, "128": 2, "256": 10, "512": 2}
+    assert all(x.cfg.labeler == "sne" for x in p)
+    p = plan(BATCH_SIZE, "digits", seeds=[5, 7])
+    assert sorted({x.cfg.seed for x in p}) == [5, 7] and len(p) == 8
+    assert len({x.key for x in p}) == 8
+
+
+def test_multi_node_cluster_spreads_trials_and_collects_every_record(tmp_path):
+    from ray.cluster_utils import Cluster
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    try:
+        for _ in range(2):
+            cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        storage = str(tmp_path / "shared")
+        code = main(STUDY, TINY + ["--seeds", "0,1", "--storage", storage, "--address", cluster.address])
+        assert code == 0
+        records, bad = read_records(Storage(storage), ["tiny"])
+        assert len(records) == 4 and not bad
+        assert len({r["ray_node_id"] for r in records}) == 2     # both worker nodes ran trials
+    finally:
+        cluster.shutdown()
