@@ -18,6 +18,7 @@ os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 
+import functools  # noqa: E402
 import hashlib  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
@@ -35,7 +36,7 @@ from .storage import Storage  # noqa: E402
 from .study import Planned, Study, StudyArgs, StudyError  # noqa: E402
 
 REPORT_KEYS = ("epoch", "loss", "bce", "mse", "acc", "nmi", "ari", "confident_frac", "confident_acc", "lr",
-               "w_cons", "epoch_s", "train_s", "images_per_s")
+               "w_cons", "epoch_s", "train_s", "images_per_s", "stability", "balance", "label_free")
 
 
 # ------------------------------------------------------------------------------- cluster
@@ -122,11 +123,14 @@ def _kmeans_task(planned: dict, env_dict: dict, storage_uri: str) -> dict:
 # ------------------------------------------------------------------------- trainable
 def lsdc_trainable(config: dict[str, Any]) -> None:
     """Ray Tune function trainable: one clustering trial, checkpointed and resumable."""
+    _tune_trial(config["spec"], Env(**config["env"]), Storage(config["storage"]), config.get("checkpoint_every"))
+
+
+def _tune_trial(spec: dict, env: Env, storage: Storage, checkpoint_every: int | None,
+                objective: str | None = None) -> None:
     from .trial import Trial
     _set_threads()
-    spec = config["spec"]
     cfg = TrialConfig.from_dict(spec["trial"])
-    env, storage = Env(**config["env"]), Storage(config["storage"])
     t0 = time.perf_counter()
     ensure_backbone_in_storage(cfg, env, storage, log=print)
     trial = Trial(cfg, env, log=print)
@@ -138,7 +142,7 @@ def lsdc_trainable(config: dict[str, Any]) -> None:
             with open(os.path.join(d, "meta.json")) as f:
                 restarts = json.load(f)["restarts"] + 1
     setup_s = time.perf_counter() - t0
-    every = config.get("checkpoint_every") or max(1, cfg.epochs // 10)
+    every = checkpoint_every or max(1, cfg.epochs // 10)
     rel = record_path(spec["study"], spec["key"])
 
     def write_record() -> None:
@@ -153,7 +157,10 @@ def lsdc_trainable(config: dict[str, Any]) -> None:
 
     for m in trial:
         metrics = {k: m[k] for k in REPORT_KEYS if k in m and isinstance(m[k], (int, float))}
-        metrics.update(diverged=int(trial.diverged), done=int(trial.done), trial_key=spec["key"])
+        metrics.update(diverged=int(trial.diverged), trial_done=int(trial.done), trial_key=spec["key"])
+        if objective is not None:
+            # a diverged trial is the worst possible outcome, not a missing one
+            metrics["objective"] = -1.0 if trial.diverged else float(m.get(objective, float("nan")))
         if trial.done:
             write_record()  # before the last report: a crash after it loses nothing
         if trial.done or trial.epoch % every == 0:
@@ -182,8 +189,9 @@ class Progress(tune.Callback):
     Its state is only what was known when the experiment was created (it is pickled with
     the experiment and comes back on restore); everything else is read from ``trials``."""
 
-    def __init__(self, study: str, total: int, done_outside: int, every_s: float = 15.0, quiet: bool = False):
-        self.study, self.total, self.done_outside = study, total, done_outside
+    def __init__(self, study: str, total: int, done_outside: int, every_s: float = 15.0, quiet: bool = False,
+                 epochs: int = 0):
+        self.study, self.total, self.done_outside, self.epochs = study, total, done_outside, epochs
         self.every_s, self.quiet = every_s, quiet
         self._last = 0.0
         self._t0: float | None = None
@@ -194,9 +202,8 @@ class Progress(tune.Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if "acc" in result:
             self._best = result["acc"] if not self._best >= result["acc"] else self._best
-            sp = trial.config["spec"]
-            self._latest = (f"{result['acc']:.3f} ({sp['variant']}/s{sp['trial']['seed']}, "
-                            f"ep {result.get('epoch', '?')}/{sp['trial']['epochs']})")
+            name, epochs = self._describe(trial)
+            self._latest = f"{result['acc']:.3f} ({name}, ep {result.get('epoch', '?')}/{epochs})"
         if "time_this_iter_s" in result:
             self._iter_s.append(float(result["time_this_iter_s"]))
         if time.time() - self._last >= self.every_s:
@@ -205,9 +212,15 @@ class Progress(tune.Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._print(trials)
 
+    def _describe(self, trial) -> tuple[str, int]:
+        sp = trial.config.get("spec")
+        if sp is None:  # a search trial: its config is the sampled parameters
+            return trial.trial_id, self.epochs
+        return f"{sp['variant']}/s{sp['trial']['seed']}", sp["trial"]["epochs"]
+
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._print(trials, note=f"trial {trial.config['spec']['variant']}/s{trial.config['spec']['trial']['seed']} "
-                    f"failed (will resume from its checkpoint if retries remain)")
+        self._print(trials, note=f"trial {self._describe(trial)[0]} failed (will resume from its checkpoint "
+                    f"if retries remain)")
 
     def line(self, trials) -> str:
         if self._t0 is None:
@@ -218,7 +231,7 @@ class Progress(tune.Callback):
         remaining_epochs = 0
         for t in trials:
             if t.status in ("RUNNING", "PENDING"):
-                ep = t.config["spec"]["trial"]["epochs"]
+                ep = self._describe(t)[1]
                 remaining_epochs += ep - int((t.last_result or {}).get("epoch", 0) or 0)
         per_epoch = sum(self._iter_s[-50:]) / len(self._iter_s[-50:]) if self._iter_s else float("nan")
         eta = remaining_epochs * per_epoch / max(running, 1)
@@ -408,3 +421,164 @@ def _prune_checkpoints(results, finished: set[str], storage: Storage) -> None:
 def _trial_name(trial) -> str:
     sp = trial.config["spec"]
     return f"{sp['variant']}-s{sp['trial']['seed']}-{sp['key'][:8]}".replace("/", "_").replace(" ", "_")
+
+
+# ----------------------------------------------------------------------------- search
+SEARCHED = ("knn_k", "cosine_tau", "sne_tau", "sne_temperature", "lam", "rampup", "lr")
+
+
+def search_space(trial, base: dict) -> None:
+    """Optuna define-by-run space: the labeler's parameter(s), lambda, T and the learning rate."""
+    labeler, bs, epochs = base["labeler"], base["batch_size"], base["epochs"]
+    if labeler == "knn":
+        trial.suggest_int("knn_k", 3, max(3, min(50, bs - 1)))
+    elif labeler == "cosine":
+        trial.suggest_float("cosine_tau", 0.5, 0.99)
+    else:
+        trial.suggest_float("sne_tau", 1e-3, 0.2, log=True)
+        trial.suggest_float("sne_temperature", 0.1, 10.0, log=True)
+    trial.suggest_float("lam", 0.5, 50.0, log=True)
+    trial.suggest_int("rampup", 0, epochs)
+    lo, hi = (1e-4, 1e-2) if base["optimizer"] == "adam" else (1e-3, 0.5)
+    trial.suggest_float("lr", lo, hi, log=True)
+
+
+def search_trainable(config: dict[str, Any], fixed: dict[str, Any]) -> None:
+    params = {k: config[k] for k in SEARCHED if k in config}
+    cfg = TrialConfig.from_dict({**fixed["base"], **params})
+    spec = {"study": "search", "variant": fixed["name"], "row": "", "key": cfg.key(), "trial": cfg.to_dict()}
+    _tune_trial(spec, Env(**fixed["env"]), Storage(fixed["storage"]), fixed.get("checkpoint_every"),
+                objective=fixed["objective"])
+
+
+def run_search(base: TrialConfig, args: StudyArgs, n_trials: int, objective: str, max_concurrent: int,
+               sampler_seed: int, asha: bool = True) -> int:
+    """Optuna TPE (seeded) under Ray Tune, ASHA on the per-epoch objective, Optuna state in a
+    journal file in the storage (safe with concurrent workers, resumable)."""
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    storage = Storage(args.storage)
+    if not storage.is_local:
+        raise StudyError("--storage: the search keeps Optuna's journal in a file, so it needs a local or shared "
+                         f"folder, not {args.storage!r}")
+    storage.check_writable()
+    from . import data as data_mod
+    data_mod.check_available(base.dataset, args.env.data_root, args.env.download)
+    ds = os.path.basename(base.dataset).replace(".npz", "")
+    bkey = {k: v for k, v in base.to_dict().items() if k not in SEARCHED}
+    tag = hashlib.sha256(json.dumps(bkey, sort_keys=True).encode()).hexdigest()[:8]
+    name = f"search-{ds}-{base.labeler}-{objective}-{tag}"
+    os.makedirs(storage.path("search"), exist_ok=True)
+    journal = JournalStorage(JournalFileBackend(storage.path("search", f"{name}.journal")))
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name=name, storage=journal, direction="maximize", load_if_exists=True)
+    done = sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    print(f"[search] {name}: objective {objective}, {done}/{n_trials} trials done, journal "
+          f"{storage.path('search', name + '.journal')}", flush=True)
+    t_start = time.perf_counter()
+    interrupted = False
+    try:
+        while not interrupted:
+            states = [t.state for t in study.trials]
+            done = states.count(optuna.trial.TrialState.COMPLETE)
+            runs = sorted(int(d.rsplit("-r", 1)[1]) for d in storage.list_dirs("search/tune")
+                          if d.startswith(name + "-r") and d.rsplit("-r", 1)[1].isdigit())
+            last = storage.uri_of("search", "tune", f"{name}-r{runs[-1]}") if runs else None
+            resume = last is not None and optuna.trial.TrialState.RUNNING in states and tune.Tuner.can_restore(last)
+            if done >= n_trials and not resume:
+                break
+            if not ray.is_initialized():
+                init_ray(args.address)
+                gpus = default_gpus_per_trial() if args.gpus_per_trial is None else args.gpus_per_trial
+                check_resources(gpus, args.cpus_per_trial)
+                if base.pretrain != "none":
+                    ray.get(_remote(_pretrain_task, {"num_cpus": args.cpus_per_trial, "num_gpus": gpus}).remote(
+                        base.to_dict(), args.env.to_dict(), storage.uri))
+                fixed = {"base": base.to_dict(), "env": args.env.to_dict(), "storage": storage.uri, "name": name,
+                         "objective": objective, "checkpoint_every": args.checkpoint_every}
+                trainable = tune.with_resources(tune.with_parameters(search_trainable, fixed=fixed),
+                                                {"cpu": args.cpus_per_trial, "gpu": gpus})
+            if resume:
+                print(f"[search] resuming the interrupted Ray Tune experiment {last}", flush=True)
+                tuner = tune.Tuner.restore(last, trainable=trainable, resume_unfinished=True, resume_errored=True)
+            else:
+                run = f"{name}-r{(runs[-1] + 1) if runs else 1}"
+                searcher = OptunaSearch(space=functools.partial(search_space, base=fixed["base"]),
+                                        metric="objective", mode="max",
+                                        sampler=optuna.samplers.TPESampler(seed=sampler_seed + len(runs)),
+                                        storage=journal, study_name=name)
+                scheduler = ASHAScheduler(time_attr="training_iteration", max_t=base.epochs,
+                                          grace_period=max(1, base.epochs // 4), reduction_factor=3) \
+                    if asha else FIFOScheduler()
+                tuner = tune.Tuner(
+                    trainable,
+                    tune_config=tune.TuneConfig(
+                        metric="objective", mode="max", num_samples=n_trials - done, scheduler=scheduler,
+                        search_alg=ConcurrencyLimiter(searcher, max_concurrent=max_concurrent), reuse_actors=True),
+                    run_config=tune.RunConfig(
+                        storage_path=storage.uri_of("search", "tune"), name=run, verbose=0,
+                        callbacks=[Progress("search", n_trials, done, quiet=args.quiet, epochs=base.epochs)],
+                        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                        failure_config=tune.FailureConfig(max_failures=args.max_failures)))
+            results = tuner.fit()
+            _merge_search_results(storage, name, results, base)
+            errors = [r for r in results if r.error is not None]
+            now = sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+            if errors or now == done:   # failures (reported above) or no progress: stop here
+                interrupted = now < n_trials and not errors
+                break
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+    summary = _summarise_search(storage, name, objective, base, journal)
+    print(f"[search] wall {time.perf_counter() - t_start:.1f} s; best of {summary['n_trials']} trials "
+          f"({summary['n_pruned']} stopped early by ASHA): objective {summary['best']['objective']:.4f}, "
+          f"ACC {summary['best']['acc']:.4f}", flush=True)
+    print("[search] best configuration: " + json.dumps(summary["best"]["params"]), flush=True)
+    print(f"[search] Spearman rank correlation of {objective} with ACC over the trials: "
+          f"{summary['spearman_vs_acc']}", flush=True)
+    print(f"[search] written {storage.path('search', 'best-' + name + '.json')}", flush=True)
+    return 130 if interrupted else 0
+
+
+def _merge_search_results(storage: Storage, name: str, results, base: TrialConfig) -> None:
+    rel = f"search/{name}-trials.json"
+    table = storage.read_json(rel) if storage.exists(rel) else {}
+    for r in results:
+        m = r.metrics or {}
+        if not m or r.config is None:
+            continue
+        params = {k: r.config[k] for k in SEARCHED if k in r.config}
+        key = m.get("trial_key") or json.dumps(params, sort_keys=True)
+        table[key] = {"params": params, "objective": m.get("objective"), "acc": m.get("acc"),
+                      "label_free": m.get("label_free"), "epochs_run": m.get("epoch"),
+                      "complete": bool(m.get("trial_done")), "diverged": bool(m.get("diverged")),
+                      "error": None if r.error is None else str(r.error).strip().splitlines()[-1][:300]}
+    storage.write_json(rel, table)
+
+
+def _summarise_search(storage: Storage, name: str, objective: str, base: TrialConfig, journal) -> dict:
+    from scipy.stats import spearmanr
+    rel = f"search/{name}-trials.json"
+    table = storage.read_json(rel) if storage.exists(rel) else {}
+    rows = [t for t in table.values() if t.get("objective") is not None]
+    rows.sort(key=lambda t: (-(t["objective"] if math.isfinite(t["objective"]) else -math.inf)))
+    pairs = [(t["objective"], t["acc"]) for t in rows if t.get("acc") is not None and not t["diverged"]]
+    rho = None
+    if len(pairs) >= 3:
+        rho = spearmanr([p[0] for p in pairs], [p[1] for p in pairs]).statistic
+        rho = None if rho is None or not math.isfinite(rho) else round(float(rho), 3)
+    top = [{"rank": i + 1, **t} for i, t in enumerate(rows[:10])]
+    best = top[0] if top else {"objective": float("nan"), "acc": float("nan"), "params": {}}
+    summary = {"study": name, "dataset": base.dataset, "objective": objective, "n_trials": len(rows),
+               "n_pruned": sum(not t["complete"] for t in rows), "spearman_vs_acc": rho,
+               "best": best, "best_config": {**base.to_dict(), **best.get("params", {})}, "top": top}
+    storage.write_json(f"search/best-{name}.json", summary)
+    return summary

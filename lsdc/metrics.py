@@ -76,3 +76,20 @@ def scores(y_true, y_pred) -> dict[str, float]:
     return {"acc": cluster_acc(y_true, y_pred),
             "nmi": float(normalized_mutual_info_score(y_true, y_pred)),
             "ari": float(adjusted_rand_score(y_true, y_pred))}
+
+
+def label_free_scores(pred_clean, pred_augmented, num_clusters: int) -> dict[str, float]:
+    """A model-selection criterion that needs no labels.
+
+    - ``stability``: ARI between the clusters of the plain images and of an independently
+      augmented copy (a clustering that is an artefact of the pixels moves under augmentation);
+    - ``balance``: entropy of the cluster sizes / log C (1 = equal sizes; a collapse to one
+      cluster is perfectly stable, and scores 0 here);
+    - ``label_free`` = stability x balance.
+    """
+    pc, pa = _as_int(pred_clean), _as_int(pred_augmented)
+    stability = float(adjusted_rand_score(pc, pa))
+    sizes = np.bincount(pc, minlength=num_clusters).astype(np.float64)
+    p = sizes[sizes > 0] / sizes.sum()
+    balance = float(-(p * np.log(p)).sum() / np.log(num_clusters)) if num_clusters > 1 else 1.0
+    return {"stability": stability, "balance": balance, "label_free": max(stability, 0.0) * balance}

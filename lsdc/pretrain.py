@@ -95,6 +95,28 @@ def _views(aug: Augmenter, cfg: TrialConfig, xb: torch.Tensor, gen: torch.Genera
     return aug.strong(xb, gen) if cfg.pretrain_augment == "strong" else aug.standard(xb, gen)
 
 
+@torch.no_grad()
+def momentum_update(key_net: nn.Module, query_net: nn.Module, m: float) -> None:
+    """MoCo's key encoder update: theta_k <- m theta_k + (1 - m) theta_q (parameters only)."""
+    for pk, pq in zip(key_net.parameters(), query_net.parameters()):
+        pk.mul_(m).add_(pq.detach(), alpha=1 - m)
+
+
+class MoCoQueue:
+    """A fixed-size FIFO of L2-normalised keys (K x D): the newest batch replaces the oldest."""
+
+    def __init__(self, size: int, dim: int, device, generator: torch.Generator | None = None):
+        self.keys = F.normalize(torch.randn(size, dim, device=device, generator=generator), dim=1)
+        self.ptr = 0
+
+    @torch.no_grad()
+    def enqueue(self, k: torch.Tensor) -> None:
+        n = min(len(k), len(self.keys))
+        pos = (self.ptr + torch.arange(n, device=self.keys.device)) % len(self.keys)
+        self.keys[pos] = F.normalize(k[:n].float(), dim=1)
+        self.ptr = (self.ptr + n) % len(self.keys)
+
+
 class _Projector(nn.Module):
     def __init__(self, dim: int, out: int):
         super().__init__()
@@ -130,9 +152,7 @@ def pretrain_backbone(cfg: TrialConfig, ds: data_mod.Dataset, log: Log = print) 
         key_net = copy.deepcopy(net)
         for p in key_net.parameters():
             p.requires_grad_(False)
-        qlen = min(CONTRASTIVE["moco_queue"], len(ds))
-        queue = F.normalize(torch.randn(qlen, CONTRASTIVE["proj_dim"], device=device, generator=gen), dim=1)
-        qptr = 0
+        queue = MoCoQueue(min(CONTRASTIVE["moco_queue"], len(ds)), CONTRASTIVE["proj_dim"], device, gen)
     t_start = time.perf_counter()
     loss_avg = float("nan")
     for epoch in range(cfg.pretrain_epochs):
@@ -160,19 +180,14 @@ def pretrain_backbone(cfg: TrialConfig, ds: data_mod.Dataset, log: Log = print) 
                 with autocast(device, precision):
                     q = net(vq)
                 with torch.no_grad():
-                    m = CONTRASTIVE["moco_momentum"]
-                    for pk, pq in zip(key_net.parameters(), net.parameters()):
-                        pk.mul_(m).add_(pq.detach(), alpha=1 - m)
+                    momentum_update(key_net, net, CONTRASTIVE["moco_momentum"])
                     # single-device stand-in for shuffling BN: keys shuffled, forwarded in sub-batches
                     shuffle = torch.from_numpy(rng.permutation(len(idx))).to(device)
                     with autocast(device, precision):
                         k = torch.cat([key_net(c) for c in vk[shuffle].chunk(CONTRASTIVE["moco_key_splits"])])
                     k = F.normalize(k.float(), dim=1)[torch.argsort(shuffle)]
-                loss = moco_infonce(q, k, queue, CONTRASTIVE["moco_temperature"])
-                with torch.no_grad():
-                    pos = (qptr + torch.arange(len(idx), device=device)) % len(queue)
-                    queue[pos] = k[:len(pos)]
-                    qptr = (qptr + len(idx)) % len(queue)
+                loss = moco_infonce(q, k, queue.keys.clone(), CONTRASTIVE["moco_temperature"])
+                queue.enqueue(k)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -240,3 +240,62 @@ def main(study: Study, argv: Sequence[str] | None = None) -> int:
     except (ConfigError, StudyError, StorageError, data_mod.DatasetError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+
+
+# ----------------------------------------------------------------------------- search
+SEARCH = Study(name="search", title="Hyperparameter search (Optuna TPE under Ray Tune, ASHA)",
+               description="Searches the labeler's parameter, lambda, T and the learning rate.",
+               variants=(Variant("search", {}),))
+OBJECTIVES = ("acc", "label_free")
+
+
+def search_main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``studies/search.py``."""
+    parser = build_parser(SEARCH)
+    parser.add_argument("--trials", type=int, default=40, help="number of configurations to try in all")
+    parser.add_argument("--objective", default="acc", choices=OBJECTIVES,
+                        help="acc: uses the labels (benchmarks); label_free: augmentation stability x cluster "
+                             "balance, usable without labels")
+    parser.add_argument("--labeler", choices=("cosine", "sne", "knn"), help="default: the dataset's preset")
+    parser.add_argument("--max-concurrent", type=int, default=4, help="trials sampled ahead of their results")
+    parser.add_argument("--sampler-seed", type=int, default=0, help="seed of the TPE sampler")
+    parser.add_argument("--no-asha", action="store_true", help="run every trial to the end")
+    try:
+        extra, rest = parser.parse_known_args(argv)
+        if rest:
+            raise StudyError(f"unrecognised arguments: {' '.join(rest)}")
+        args = parse_args(SEARCH, [a for a in _strip_search_flags(argv)])
+        if extra.trials < 1:
+            raise StudyError(f"--trials: must be >= 1, got {extra.trials}")
+        if extra.max_concurrent < 1:
+            raise StudyError(f"--max-concurrent: must be >= 1, got {extra.max_concurrent}")
+        over = dict(args.overrides)
+        if extra.labeler:
+            over["labeler"] = extra.labeler
+        if args.debug:
+            return run_debug(Study(name="search", title=SEARCH.title, variants=(Variant("search", over),)), args)
+        seed = (args.seeds or [0])[0]
+        base = make_config(args.dataset, **{**over, "seed": seed})
+        from . import harness
+        return harness.run_search(base, args, extra.trials, extra.objective, extra.max_concurrent,
+                                  extra.sampler_seed, asha=not extra.no_asha)
+    except (ConfigError, StudyError, StorageError, data_mod.DatasetError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+_SEARCH_FLAGS = {"--trials": 1, "--objective": 1, "--labeler": 1, "--max-concurrent": 1, "--sampler-seed": 1,
+                 "--no-asha": 0}
+
+
+def _strip_search_flags(argv: Sequence[str] | None) -> list[str]:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    out, i = [], 0
+    while i < len(argv):
+        flag = argv[i].split("=", 1)[0]
+        if flag in _SEARCH_FLAGS:
+            i += 1 + (_SEARCH_FLAGS[flag] if "=" not in argv[i] else 0)
+            continue
+        out.append(argv[i])
+        i += 1
+    return out

@@ -24,7 +24,7 @@ from . import labelers
 from .augment import Augmenter
 from .config import ConfigError, Env, TrialConfig
 from .losses import mse_consistency, pairwise_bce, sigmoid_rampup
-from .metrics import confusion, evaluate, match_clusters, CONFIDENCE
+from .metrics import CONFIDENCE, confusion, evaluate, label_free_scores, match_clusters
 from .mixing import MIXINGS, mix_target
 from .models import CheckpointError, build_model
 from .pretrain import ensure_backbone, load_backbone
@@ -74,6 +74,8 @@ class Trial:
         self.labeler = labelers.from_config(cfg)
         self.mix = MIXINGS[cfg.mixing]
         self.gen = torch.Generator(device=self.device).manual_seed(cfg.seed)
+        # evaluation draws its augmentations from its own stream: evaluating never changes training
+        self.eval_gen = torch.Generator(device=self.device).manual_seed(cfg.seed + 1_000_003)
         self.rng = np.random.default_rng(cfg.seed)
         self.forward = torch.compile(self.model) if cfg.compile else self.model
         self.epoch = 0
@@ -161,22 +163,27 @@ class Trial:
 
     # ---------------------------------------------------------------- evaluation
     @torch.no_grad()
-    def predict(self, batch: int | None = None) -> np.ndarray:
-        """Softmax probabilities (N x C) of the evaluated samples, eval mode, no augmentation."""
+    def predict(self, batch: int | None = None, augment: bool = False) -> np.ndarray:
+        """Softmax probabilities (N x C) of the evaluated samples in eval mode, without
+        augmentation (or with the standard one, drawn from the evaluation stream)."""
         batch = batch or (8192 if self.device.type == "cuda" else 1024)
         self.model.eval()
         out = []
         for i in range(0, len(self.x_eval), batch):
+            xb = self.x_eval[i:i + batch]
+            x = self.aug.standard(xb, self.eval_gen) if augment else self.aug.plain(xb)
             with autocast(self.device, self.precision):
-                logits, _ = self.model(self.aug.plain(self.x_eval[i:i + batch]))
+                logits, _ = self.model(x)
             out.append(F.softmax(logits.float(), dim=1))
         self.model.train()
         return torch.cat(out).cpu().numpy()
 
     def evaluate(self) -> dict[str, Any]:
+        """ACC / NMI / ARI / confident samples (labels), and the label-free criterion."""
         t0 = time.perf_counter()
         probs = self.predict()
         res = evaluate(self.y_eval, probs)
+        res.update(label_free_scores(probs.argmax(1), self.predict(augment=True).argmax(1), self.num_clusters))
         res["eval_s"] = time.perf_counter() - t0
         self.last_eval = {"probs": probs}
         return res
@@ -200,6 +207,7 @@ class Trial:
         return {"config_key": self.cfg.key(), "epoch": self.epoch, "diverged": self.diverged,
                 "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
                 "scheduler": self.sched.state_dict(), "gen": self.gen.get_state(),
+                "eval_gen": self.eval_gen.get_state(),
                 "rng": json.dumps(self.rng.bit_generator.state),
                 "history": json.dumps(self.history)}
 
@@ -211,6 +219,7 @@ class Trial:
         self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])
         self.gen.set_state(state["gen"])
+        self.eval_gen.set_state(state["eval_gen"])
         self.rng.bit_generator.state = json.loads(state["rng"])
         self.history = json.loads(state["history"])
         self.epoch = int(state["epoch"])

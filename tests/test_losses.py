@@ -110,3 +110,29 @@ def test_contrastive_losses_fall_in_a_few_steps(which):
         opt.step()
     last = sum(loss_fn().item() for _ in range(5)) / 5
     assert last < 0.8 * first
+
+
+def test_moco_momentum_update():
+    from lsdc.pretrain import momentum_update
+    q, k = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    kq = [p.detach().clone() for p in q.parameters()]
+    kk = [p.detach().clone() for p in k.parameters()]
+    momentum_update(k, q, 0.9)
+    for new, old_k, old_q in zip(k.parameters(), kk, kq):
+        assert torch.allclose(new, 0.9 * old_k + 0.1 * old_q)
+    assert all(torch.equal(a, b) for a, b in zip(q.parameters(), kq))   # the query encoder is untouched
+
+
+def test_moco_queue_is_a_fifo_of_normalised_keys():
+    from lsdc.pretrain import MoCoQueue
+    queue = MoCoQueue(5, 2, "cpu", torch.Generator().manual_seed(0))
+    assert torch.allclose(queue.keys.norm(dim=1), torch.ones(5))
+    a = torch.tensor([[3.0, 0.0], [0.0, 2.0], [1.0, 1.0]])
+    queue.enqueue(a)
+    assert torch.allclose(queue.keys[:3], F.normalize(a, dim=1)) and queue.ptr == 3
+    b = torch.tensor([[0.0, -1.0], [-1.0, 0.0], [5.0, 5.0]])
+    old4 = queue.keys[2].clone()
+    queue.enqueue(b)                                    # wraps around: slots 3, 4, 0
+    assert torch.allclose(queue.keys[3], b[0]) and torch.allclose(queue.keys[4], b[1])
+    assert torch.allclose(queue.keys[0], F.normalize(b[2:3], dim=1)[0]) and queue.ptr == 1
+    assert torch.allclose(queue.keys[2], old4)          # the newest of the first batch survives

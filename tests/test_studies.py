@@ -1,0 +1,74 @@
+"""Every study script's --debug, a real (tiny) Table 2 run with its k-means baseline, and the search."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from lsdc.records import read_records
+from lsdc.storage import Storage
+from lsdc.studies import STUDIES
+from lsdc.study import main, search_main
+from lsdc.tables import render
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--dataset", "digits", "--epochs", "2", "--pretrain-epochs", "1", "--set", "width=0.125",
+        "--set", "batch_size=64", "--quiet"]
+
+
+@pytest.mark.parametrize("name", sorted(STUDIES))
+def test_each_study_debug_mode(name, tmp_path, capsys):
+    assert main(STUDIES[name], ["--debug", "--storage", str(tmp_path)]) == 0
+    assert "[debug]" in capsys.readouterr().out
+
+
+def test_study_scripts_are_thin_and_runnable(tmp_path):
+    scripts = sorted(f for f in os.listdir(os.path.join(ROOT, "studies")) if f.endswith(".py"))
+    assert set(scripts) >= {f"{n}.py" for n in STUDIES} | {"search.py"}
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "studies", "block_depth.py"), "--debug",
+                          "--storage", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "[debug] done in" in out.stdout
+    helped = subprocess.run([sys.executable, os.path.join(ROOT, "studies", "mixing.py"), "--help"],
+                            capture_output=True, text=True, timeout=60)
+    for flag in ("--dataset", "--seeds", "--epochs", "--gpus-per-trial", "--cpus-per-trial", "--address",
+                 "--storage", "--data-root", "--resume", "--debug"):
+        assert flag in helped.stdout
+
+
+def test_table2_on_digits_with_kmeans_baseline_and_figure1(tmp_path):
+    storage = str(tmp_path / "res")
+    assert main(STUDIES["losses"], TINY + ["--seeds", "0", "--storage", storage]) == 0
+    recs, bad = read_records(Storage(storage), ["losses"])
+    assert not bad and sorted(r["variant"] for r in recs) == ["K-means", "Ours (kNN)", "w/ non-lin.", "w/o MSE"]
+    km = next(r for r in recs if r["kind"] == "kmeans")
+    assert 0 < km["final"]["acc"] <= 1 and km["key"].startswith("km-")
+    assert next(r for r in recs if r["variant"] == "w/o MSE")["config"]["use_mse"] is False
+    text, _ = render(Storage(storage), str(tmp_path / "tables.md"))
+    t2 = text[text.index("## Table 2"):text.index("## Table 3")]
+    assert "digits (2 ep, pretrain 1 ep)" in t2 and "(1)" in t2
+    assert (tmp_path / "figures" / "figure1_digits.png").exists()
+
+
+def test_search_completes_and_resumes(tmp_path, capsys):
+    storage = str(tmp_path / "res")
+    args = ["--dataset", "digits", "--epochs", "3", "--pretrain-epochs", "1", "--set", "width=0.125",
+            "--set", "batch_size=64", "--max-concurrent", "2", "--storage", storage, "--quiet",
+            "--objective", "label_free"]
+    assert search_main(args + ["--trials", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "0/4 trials done" in out and "best configuration:" in out
+    best_files = [f for f in os.listdir(os.path.join(storage, "search")) if f.startswith("best-")]
+    assert len(best_files) == 1
+    best = json.load(open(os.path.join(storage, "search", best_files[0])))
+    assert best["n_trials"] == 4 and best["objective"] == "label_free"
+    assert set(best["best"]["params"]) == {"knn_k", "lam", "rampup", "lr"}
+    assert best["best_config"]["knn_k"] == best["best"]["params"]["knn_k"]
+    assert search_main(args + ["--trials", "6"]) == 0
+    out = capsys.readouterr().out
+    assert "4/6 trials done" in out
+    best = json.load(open(os.path.join(storage, "search", best_files[0])))
+    assert best["n_trials"] == 6
+    assert best["spearman_vs_acc"] is None or -1 <= best["spearman_vs_acc"] <= 1
+    assert search_main(args + ["--trials", "6"]) == 0            # nothing left: no new trials
+    assert json.load(open(os.path.join(storage, "search", best_files[0])))["n_trials"] == 6
