@@ -40,16 +40,22 @@ REPORT_KEYS = ("epoch", "loss", "bce", "mse", "acc", "nmi", "ari", "confident_fr
 
 
 # ------------------------------------------------------------------------------- cluster
-def init_ray(address: str | None, num_cpus: int | None = None) -> float:
-    """Start a private local Ray (no dashboard), or join ``address``; returns seconds taken."""
+def ray_init_kwargs(address: str | None, num_cpus: int | None = None, dashboard: bool = False) -> dict:
+    """Arguments of ``ray.init``: a private local cluster without dashboard (or, if asked, a
+    dashboard bound to 127.0.0.1 only), or a connection to an existing cluster."""
+    common = dict(logging_level=logging.ERROR, log_to_driver=False, configure_logging=True)
+    if address:
+        return dict(address=address, **common)
+    return dict(address="local", num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1",
+                **common)
+
+
+def init_ray(address: str | None, num_cpus: int | None = None, dashboard: bool = False) -> float:
+    """Start or join Ray (see :func:`ray_init_kwargs`); returns the seconds it took."""
     t0 = time.perf_counter()
     if ray.is_initialized():
         return 0.0
-    common = dict(logging_level=logging.ERROR, log_to_driver=False, configure_logging=True)
-    if address:
-        ray.init(address=address, **common)
-    else:
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **common)
+    ray.init(**ray_init_kwargs(address, num_cpus, dashboard))
     return time.perf_counter() - t0
 
 
@@ -131,6 +137,17 @@ def _tune_trial(spec: dict, env: Env, storage: Storage, checkpoint_every: int | 
     from .trial import Trial
     _set_threads()
     cfg = TrialConfig.from_dict(spec["trial"])
+    rel = record_path(spec["study"], spec["key"])
+    if storage.exists(rel):
+        # finished before the driver could register it (a killed driver): never train it again
+        rec = storage.read_json(rel)
+        last = (rec.get("history") or [{}])[-1]
+        metrics = {k: last[k] for k in REPORT_KEYS if isinstance(last.get(k), (int, float))}
+        metrics.update(diverged=int(rec["status"] == "diverged"), trial_done=1, trial_key=spec["key"])
+        if objective is not None:
+            metrics["objective"] = -1.0 if metrics["diverged"] else float(last.get(objective, float("nan")))
+        tune.report(metrics)
+        return
     t0 = time.perf_counter()
     ensure_backbone_in_storage(cfg, env, storage, log=print)
     trial = Trial(cfg, env, log=print)
@@ -143,7 +160,6 @@ def _tune_trial(spec: dict, env: Env, storage: Storage, checkpoint_every: int | 
                 restarts = json.load(f)["restarts"] + 1
     setup_s = time.perf_counter() - t0
     every = checkpoint_every or max(1, cfg.epochs // 10)
-    rel = record_path(spec["study"], spec["key"])
 
     def write_record() -> None:
         rec = trial_record(study=spec["study"], variant=spec["variant"], row=spec["row"], cfg=cfg,
@@ -260,7 +276,7 @@ def preflight(planned: list[Planned], args: StudyArgs, storage: Storage) -> None
     from . import data as data_mod
     from .models import build_model
     from .pretrain import backbone_path, load_backbone
-    storage.check_writable()
+    storage.check_location()
     for ds in sorted({p.cfg.dataset for p in planned}):
         data_mod.check_available(ds, args.env.data_root, args.env.download)
     seen = set()
@@ -275,27 +291,30 @@ def run_study(study: Study, planned: list[Planned], args: StudyArgs) -> int:
     """Run a planned study on Ray; returns the process exit code."""
     t_start = time.perf_counter()
     storage = Storage(args.storage)
-    preflight(planned, args, storage)
-    ds = os.path.basename(planned[0].cfg.dataset).replace(".npz", "")
-    storage.write_json(f"{study.name}/plans/{ds}.json", {
-        "study": study.name, "title": study.title, "dataset": planned[0].cfg.dataset,
-        "trials": [{"key": p.key, "variant": p.variant, "row": p.row, "kind": p.kind, "seed": p.cfg.seed}
-                   for p in planned]})
-    reused = reuse_records(storage, study.name, planned)
-    done = finished_keys(storage, study.name)
-    pending = [p for p in planned if p.key not in done]
-    print(f"[{study.name}] {len(planned)} planned on {planned[0].cfg.dataset}: {len(planned) - len(pending)} "
-          f"finished already{f' ({reused} reused from other studies)' if reused else ''}, {len(pending)} to run; "
-          f"storage {storage.uri}", flush=True)
-    if not pending:
-        print(f"[{study.name}] nothing to do: every trial has a record. Tables: python analysis/make_tables.py "
-              f"--storage {args.storage}")
+    preflight(planned, args, storage)            # nothing is written before this passes
+    done = finished_keys(storage, study.name) if os.path.isdir(storage.root) or not storage.is_local else set()
+    if all(p.key in done for p in planned):
+        print(f"[{study.name}] nothing to do: all {len(planned)} planned trials have records. Tables: "
+              f"python analysis/make_tables.py --storage {args.storage}")
         return 0
     timings: dict[str, float] = {}
+    interrupted = False
     try:
-        timings["ray_init"] = init_ray(args.address)
+        timings["ray_init"] = init_ray(args.address, dashboard=args.dashboard)
         gpus = default_gpus_per_trial() if args.gpus_per_trial is None else args.gpus_per_trial
-        check_resources(gpus, args.cpus_per_trial)
+        check_resources(gpus, args.cpus_per_trial)   # fails in seconds instead of waiting forever
+        storage.check_writable()
+        ds = os.path.basename(planned[0].cfg.dataset).replace(".npz", "")
+        storage.write_json(f"{study.name}/plans/{ds}.json", {
+            "study": study.name, "title": study.title, "dataset": planned[0].cfg.dataset,
+            "trials": [{"key": p.key, "variant": p.variant, "row": p.row, "kind": p.kind, "seed": p.cfg.seed}
+                       for p in planned]})
+        reused = reuse_records(storage, study.name, planned)
+        done = finished_keys(storage, study.name)
+        pending = [p for p in planned if p.key not in done]
+        print(f"[{study.name}] {len(planned)} planned on {planned[0].cfg.dataset}: {len(planned) - len(pending)} "
+              f"finished already{f' ({reused} reused from other studies)' if reused else ''}, {len(pending)} to "
+              f"run; storage {storage.uri}", flush=True)
         res = {"num_cpus": args.cpus_per_trial, "num_gpus": gpus}
         t0 = time.perf_counter()
         _run_pretraining(study, pending, args, storage, res)
@@ -310,6 +329,7 @@ def run_study(study: Study, planned: list[Planned], args: StudyArgs) -> int:
         timings["trials"] = time.perf_counter() - t0
     except KeyboardInterrupt:
         interrupted = True
+        print(f"[{study.name}] interrupted (Ctrl-C): stopping", flush=True)
     finally:
         if ray.is_initialized():
             ray.shutdown()
@@ -466,23 +486,34 @@ def run_search(base: TrialConfig, args: StudyArgs, n_trials: int, objective: str
     if not storage.is_local:
         raise StudyError("--storage: the search keeps Optuna's journal in a file, so it needs a local or shared "
                          f"folder, not {args.storage!r}")
-    storage.check_writable()
+    storage.check_location()
     from . import data as data_mod
     data_mod.check_available(base.dataset, args.env.data_root, args.env.download)
     ds = os.path.basename(base.dataset).replace(".npz", "")
     bkey = {k: v for k, v in base.to_dict().items() if k not in SEARCHED}
     tag = hashlib.sha256(json.dumps(bkey, sort_keys=True).encode()).hexdigest()[:8]
     name = f"search-{ds}-{base.labeler}-{objective}-{tag}"
-    os.makedirs(storage.path("search"), exist_ok=True)
-    journal = JournalStorage(JournalFileBackend(storage.path("search", f"{name}.journal")))
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(study_name=name, storage=journal, direction="maximize", load_if_exists=True)
-    done = sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
-    print(f"[search] {name}: objective {objective}, {done}/{n_trials} trials done, journal "
-          f"{storage.path('search', name + '.journal')}", flush=True)
     t_start = time.perf_counter()
     interrupted = False
     try:
+        init_ray(args.address, dashboard=args.dashboard)
+        gpus = default_gpus_per_trial() if args.gpus_per_trial is None else args.gpus_per_trial
+        check_resources(gpus, args.cpus_per_trial)   # before anything is written
+        storage.check_writable()
+        os.makedirs(storage.path("search"), exist_ok=True)
+        journal = JournalStorage(JournalFileBackend(storage.path("search", f"{name}.journal")))
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        study = optuna.create_study(study_name=name, storage=journal, direction="maximize", load_if_exists=True)
+        done = sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+        print(f"[search] {name}: objective {objective}, {done}/{n_trials} trials done, journal "
+              f"{storage.path('search', name + '.journal')}", flush=True)
+        fixed = {"base": base.to_dict(), "env": args.env.to_dict(), "storage": storage.uri, "name": name,
+                 "objective": objective, "checkpoint_every": args.checkpoint_every}
+        trainable = tune.with_resources(tune.with_parameters(search_trainable, fixed=fixed),
+                                        {"cpu": args.cpus_per_trial, "gpu": gpus})
+        if base.pretrain != "none":
+            ray.get(_remote(_pretrain_task, {"num_cpus": args.cpus_per_trial, "num_gpus": gpus}).remote(
+                base.to_dict(), args.env.to_dict(), storage.uri))
         while not interrupted:
             states = [t.state for t in study.trials]
             done = states.count(optuna.trial.TrialState.COMPLETE)
@@ -492,17 +523,6 @@ def run_search(base: TrialConfig, args: StudyArgs, n_trials: int, objective: str
             resume = last is not None and optuna.trial.TrialState.RUNNING in states and tune.Tuner.can_restore(last)
             if done >= n_trials and not resume:
                 break
-            if not ray.is_initialized():
-                init_ray(args.address)
-                gpus = default_gpus_per_trial() if args.gpus_per_trial is None else args.gpus_per_trial
-                check_resources(gpus, args.cpus_per_trial)
-                if base.pretrain != "none":
-                    ray.get(_remote(_pretrain_task, {"num_cpus": args.cpus_per_trial, "num_gpus": gpus}).remote(
-                        base.to_dict(), args.env.to_dict(), storage.uri))
-                fixed = {"base": base.to_dict(), "env": args.env.to_dict(), "storage": storage.uri, "name": name,
-                         "objective": objective, "checkpoint_every": args.checkpoint_every}
-                trainable = tune.with_resources(tune.with_parameters(search_trainable, fixed=fixed),
-                                                {"cpu": args.cpus_per_trial, "gpu": gpus})
             if resume:
                 print(f"[search] resuming the interrupted Ray Tune experiment {last}", flush=True)
                 tuner = tune.Tuner.restore(last, trainable=trainable, resume_unfinished=True, resume_errored=True)

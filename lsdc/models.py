@@ -21,6 +21,13 @@ class CheckpointError(ValueError):
     """A checkpoint that does not match the model; the message names the keys."""
 
 
+def load_error_reason(e: Exception) -> str:
+    """One line out of torch.load's (often long, multi-line) error."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    key = next((ln for ln in lines if "GLOBAL" in ln or "global" in ln.split(" ")[:4]), None)
+    return f"{type(e).__name__}: {(key or (lines[0] if lines else ''))[:240]}"
+
+
 class BasicBlock(nn.Module):
     def __init__(self, in_planes: int, planes: int, stride: int = 1, shortcut: str = "free"):
         super().__init__()

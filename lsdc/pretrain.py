@@ -25,7 +25,7 @@ from . import data as data_mod
 from .augment import Augmenter
 from .config import Env, TrialConfig
 from .losses import moco_infonce, nt_xent
-from .models import CheckpointError, load_strict, make_backbone
+from .models import CheckpointError, load_error_reason, load_strict, make_backbone
 from .runtime import autocast, resolve_device, resolve_precision
 
 Log = Callable[[str], None]
@@ -225,7 +225,7 @@ def load_backbone(backbone: nn.Module, path: str, cfg: TrialConfig | None = None
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated file, not a torch file, unsafe pickle ...
-        raise CheckpointError(f"backbone checkpoint {path} is unreadable ({type(e).__name__}: {e}); "
+        raise CheckpointError(f"backbone checkpoint {path} is unreadable ({load_error_reason(e)}); "
                               f"delete it to pretrain again") from None
     if not isinstance(blob, dict) or "state_dict" not in blob:
         raise CheckpointError(f"backbone checkpoint {path}: expected a dict with 'state_dict' and 'meta'")

@@ -70,6 +70,23 @@ class Storage:
     def uri_of(self, *parts: str) -> str:
         return self.path(*parts) if self.is_local else "/".join([self.uri, *parts])
 
+    def check_location(self) -> None:
+        """Without writing anything: can the root be created (local paths only)?"""
+        if not self.is_local:
+            return
+        path = self.root
+        while not os.path.exists(path):
+            parent = os.path.dirname(path)
+            if parent == path:
+                break
+            path = parent
+        if not os.path.isdir(path):
+            raise StorageError(f"storage: cannot write to {self.root!r} ({path!r} is not a directory); "
+                               f"pass --storage a writable folder or URI")
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise StorageError(f"storage: cannot write to {self.root!r} ({path!r} is not writable); "
+                               f"pass --storage a writable folder or URI")
+
     def check_writable(self) -> None:
         """Create the root and write + delete a probe file; a one-line error if that fails."""
         probe = self.path(f".write-probe-{uuid.uuid4().hex[:8]}")

@@ -152,6 +152,8 @@ def build_parser(study: Study) -> argparse.ArgumentParser:
                    "(re-running the same command does the same)")
     p.add_argument("--debug", action="store_true", help="run ONE tiny trial in-process on digits (no Ray), in seconds")
     p.add_argument("--quiet", action="store_true", help="no live progress lines")
+    p.add_argument("--dashboard", action="store_true", help="start Ray's dashboard with the local cluster, "
+                   "bound to 127.0.0.1 only (off by default)")
     return p
 
 
@@ -170,6 +172,7 @@ class StudyArgs:
     resume: bool
     debug: bool
     quiet: bool
+    dashboard: bool = False
 
 
 def parse_args(study: Study, argv: Sequence[str] | None = None) -> StudyArgs:
@@ -195,7 +198,7 @@ def parse_args(study: Study, argv: Sequence[str] | None = None) -> StudyArgs:
                      gpus_per_trial=a.gpus_per_trial, cpus_per_trial=a.cpus_per_trial,
                      address=a.address or os.environ.get("RAY_ADDRESS"), storage=storage, env=env,
                      checkpoint_every=a.checkpoint_every, max_failures=a.max_failures, resume=a.resume,
-                     debug=a.debug, quiet=a.quiet)
+                     debug=a.debug, quiet=a.quiet, dashboard=a.dashboard)
 
 
 DEBUG = dict(width=0.125, epochs=2, pretrain_epochs=2, device="cpu")

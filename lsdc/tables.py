@@ -21,7 +21,7 @@ from .config import PRESETS
 from .records import read_records
 from .storage import Storage, StorageError
 from .studies import FIGURE1_PAPER, STUDIES
-from .study import Study
+from .study import Study, Variant
 
 DASH = "—"
 PAPER_ORDER = ("cifar10", "cifar100-20", "stl10", "mnist", "reuters10k")
@@ -288,6 +288,13 @@ def render(storage: Storage, out_path: str, figures_dir: str | None = None) -> t
         if study.paper_note:
             doc += [f"_paper: {study.paper_note}_"]
         doc += [""]
+    for name in sorted(set(df["study"]) - set(STUDIES)) if not df.empty else []:
+        sub = df[df["study"] == name]
+        pairs = list(dict.fromkeys(zip(sub["row"], sub["variant"])))
+        adhoc = Study(name=name, title=f"Study '{name}' (declared outside lsdc.studies)",
+                      variants=tuple(Variant(label=v, row=r) for r, v in pairs))
+        md, prov = study_table(adhoc, df)
+        doc += [f"## {adhoc.title}", "", md, "", *(f"_{p}_" for p in prov), ""]
     doc += ["## Headline configuration over seeds, and Figure 1", ""]
     st = seeds_table(df) if not df.empty else None
     doc += [st, "", *(f"_{p}_" for p in provenance(df[df["study"] == "seeds"]))] if st else \

@@ -26,7 +26,7 @@ from .config import ConfigError, Env, TrialConfig
 from .losses import mse_consistency, pairwise_bce, sigmoid_rampup
 from .metrics import CONFIDENCE, confusion, evaluate, label_free_scores, match_clusters
 from .mixing import MIXINGS, mix_target
-from .models import CheckpointError, build_model
+from .models import CheckpointError, build_model, load_error_reason
 from .pretrain import ensure_backbone, load_backbone
 from .runtime import autocast, resolve_device, resolve_precision
 
@@ -232,7 +232,7 @@ class Trial:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:
-            raise CheckpointError(f"trial checkpoint {path} is unreadable ({type(e).__name__}: {e})") from None
+            raise CheckpointError(f"trial checkpoint {path} is unreadable ({load_error_reason(e)})") from None
         self.load_state_dict(state)
 
 

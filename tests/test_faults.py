@@ -1,0 +1,305 @@
+"""Fault injection: a killed driver, Ctrl-C, a lost node, divergence, bad input, torn writes,
+hostile files, and a 40-trial soak. Each test would fail without the behaviour it names."""
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from lsdc.records import read_records
+from lsdc.storage import Storage
+from lsdc.study import Study, Variant, main
+from lsdc.tables import render
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+FAULT_STUDY = os.path.join(HERE, "fault_study.py")
+TINY = ["--dataset", "digits", "--pretrain-epochs", "1", "--set", "width=0.125", "--set", "batch_size=64", "--quiet"]
+
+
+def ray_pids() -> set[int]:
+    out = set()
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    cmd = f.read().replace(b"\0", b" ")
+            except OSError:
+                continue
+            if b"raylet" in cmd or b"gcs_server" in cmd or cmd.startswith(b"ray::") or b"ray/dashboard" in cmd:
+                out.add(int(pid))
+    return out
+
+
+def children(pid: int) -> set[int]:
+    kids = set()
+    for p in os.listdir("/proc"):
+        if p.isdigit():
+            try:
+                with open(f"/proc/{p}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            if ppid == pid:
+                kids.add(int(p))
+    return kids
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def wait_for(cond, timeout, what):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if cond():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def records_of(storage):
+    return {r["key"]: r for r in read_records(Storage(storage), ["faults"])[0]}
+
+
+def checkpointed_unfinished(storage, min_index=0):
+    """Trial dirs that hold a checkpoint (numbered >= min_index) but whose trial has no record yet.
+
+    Ray snapshots the experiment state at the latest once a trial has made num_to_keep (2)
+    checkpoints since the last snapshot, so checkpoint #2 is surely known to a restore."""
+    base = os.path.join(storage, "faults", "tune")
+    done = {k[:8] for k in records_of(storage)}
+    out = []
+    if os.path.isdir(base):
+        for exp in os.listdir(base):
+            for t in os.listdir(os.path.join(base, exp)):
+                d = os.path.join(base, exp, t)
+                if os.path.isdir(d) and any(c.startswith("checkpoint_") and int(c.split("_")[1]) >= min_index
+                                            for c in os.listdir(d)) \
+                        and t.rsplit("-", 1)[-1] not in done:
+                    out.append(t)
+    return out
+
+
+def start(storage, *extra):
+    return subprocess.Popen([sys.executable, FAULT_STUDY, "--storage", storage, *extra], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def kill_group(proc):
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path):
+    storage = str(tmp_path / "res")
+    args = ("--epochs", "10", "--seeds", "0,1")
+    proc = start(storage, *args)
+    try:
+        wait_for(lambda: len(records_of(storage)) >= 1 and checkpointed_unfinished(storage, 3), 240,
+                 "a finished trial and a checkpointed unfinished one")
+        proc.send_signal(signal.SIGKILL)                 # the driver only: no chance to clean up
+        proc.wait(timeout=30)
+    finally:
+        kill_group(proc)                                  # Ray's orphaned agents of the killed session
+    before = {k: r["finished_at"] for k, r in records_of(storage).items()}
+    assert 1 <= len(before) < 6
+    rerun = subprocess.run([sys.executable, FAULT_STUDY, "--storage", storage, *args], capture_output=True,
+                           text=True, timeout=400)
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    assert "resuming Ray Tune experiment" in rerun.stdout
+    recs = records_of(storage)
+    assert len(recs) == 6                                 # every trial, once
+    for k, t in before.items():
+        assert recs[k]["finished_at"] == t                # finished trials were not rerun
+    resumed = [r for r in recs.values() if r["restarts"] >= 1]
+    assert resumed, f"no trial continued from a checkpoint: {[(r['variant'], r['seed'], r['restarts']) for r in recs.values()]}"
+    for r in resumed:
+        assert [h["epoch"] for h in r["history"]] == list(range(1, r["epochs_done"] + 1))
+    # divergence: the 'wild' trials stopped at once, recorded as diverged with their epoch
+    wild = [r for r in recs.values() if r["variant"] == "wild"]
+    assert wild and all(r["status"] == "diverged" and r["diverged_epoch"] >= 1 for r in wild)
+    assert all(r["final"]["acc"] is None for r in wild)
+    assert all(r["status"] == "finished" for r in recs.values() if r["variant"] != "wild")
+    text, _ = render(Storage(storage), str(tmp_path / "t.md"))
+    assert "diverged" in text
+
+
+def test_ctrl_c_stops_cleanly_says_how_to_resume_and_leaves_no_ray_processes(tmp_path):
+    storage = str(tmp_path / "res")
+    before = ray_pids()
+    proc = start(storage, "--epochs", "30", "--seeds", "0")
+    try:
+        wait_for(lambda: checkpointed_unfinished(storage), 240, "a running trial with a checkpoint")
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        kill_group(proc)
+    assert proc.returncode == 130, out[-3000:]
+    assert "Resume with the same command" in out
+    time.sleep(2)
+    assert ray_pids() - before == set()
+
+
+def test_normal_exit_leaves_no_ray_processes(tmp_path):
+    before = ray_pids()
+    assert main(Study(name="clean", title="t", variants=(Variant("a"),)),
+                TINY + ["--epochs", "1", "--seeds", "0", "--storage", str(tmp_path)]) == 0
+    time.sleep(1)
+    assert ray_pids() - before == set()
+
+
+def test_lost_node_trial_restarts_from_checkpoint_elsewhere(tmp_path):
+    from ray.cluster_utils import Cluster
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
+    cluster.wait_for_nodes()
+    storage = str(tmp_path / "res")
+    proc = start(storage, "--epochs", "12", "--seeds", "0", "--address", cluster.address, "--max-failures", "3",
+                 "--set", "labeler=knn")
+    try:
+        wait_for(lambda: len(checkpointed_unfinished(storage)) >= 2, 240, "two trials running on the two nodes")
+        cluster.remove_node(workers[0], allow_graceful=False)
+        out, _ = proc.communicate(timeout=400)
+        assert proc.returncode == 0, out[-4000:]
+    finally:
+        kill_group(proc)
+        cluster.shutdown()
+    recs = records_of(storage)
+    assert len(recs) == 3 and len({r["key"] for r in recs.values()}) == 3
+    resumed = [r for r in recs.values() if r["restarts"] >= 1]
+    assert resumed, "the lost trial did not resume from a checkpoint"
+    assert all(r["ray_node_id"] == workers[1].node_id for r in resumed)   # ... on the surviving node
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--set", "mixing=cutmix"], "mixing: unknown 'cutmix'; allowed: ricap, mixup, none"),
+    (["--set", "labeler=spectral"], "labeler: unknown 'spectral'"),
+    (["--set", "bogus=1"], "bogus: unknown config field"),
+    (["--set", "cosine_tau=2"], "cosine_tau: must be >= -1.0 and <= 1.0"),
+    (["--set", "sne_temperature=0"], "sne_temperature: must be > 0.0"),
+    (["--set", "lam=-1"], "lam: must be >= 0.0"),
+    (["--set", "rampup=-2"], "rampup: must be >= 0"),
+    (["--set", "knn_k=500"], r"knn_k: must be < batch_size \(64\)"),
+    (["--set", "batch_size=1"], "batch_size: must be >= 2"),
+    (["--seeds", "3,3"], "--seeds: duplicate seed 3"),
+    (["--seeds", ","], "--seeds: empty list"),
+    (["--dataset", "cifar10", "--data-root", "/nonexistent-data"],
+     "dataset 'cifar10': not found under data root '/nonexistent-data'.*cifar-10-batches-py/data_batch_1.*--download"),
+])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, argv, message):
+    store = tmp_path / "store"
+    code = main(Study(name="bad", title="t", variants=(Variant("a"),)),
+                TINY + ["--epochs", "1", "--storage", str(store)] + argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and re.search(message, err), err
+    assert not store.exists()
+
+
+def test_gpus_on_a_cpu_cluster_fail_in_seconds(tmp_path, capsys):
+    store = tmp_path / "store"
+    t0 = time.time()
+    code = main(Study(name="bad", title="t", variants=(Variant("a"),)),
+                TINY + ["--epochs", "1", "--storage", str(store), "--gpus-per-trial", "0.25"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "--gpus-per-trial 0.25: the Ray cluster has no GPU" in err and len(err.splitlines()) == 1
+    assert time.time() - t0 < 60 and not store.exists()
+
+
+def test_unwritable_storage_is_refused_before_anything(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    code = main(Study(name="bad", title="t", variants=(Variant("a"),)),
+                TINY + ["--epochs", "1", "--storage", str(blocker / "results")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error: storage: cannot write to") and "is not a directory" in err
+
+
+@pytest.mark.parametrize("kind", ["corrupt", "mismatched", "malicious"])
+def test_bad_cached_checkpoint_is_refused_before_compute(tmp_path, capsys, kind):
+    from lsdc.config import make_config
+    from lsdc.pretrain import backbone_path
+    store = tmp_path / "store"
+    cfg = make_config("digits", pretrain_epochs=1, width=0.125, batch_size=64, epochs=1, seed=0)
+    path = backbone_path(cfg, str(store))
+    os.makedirs(os.path.dirname(path))
+    marker = tmp_path / "pwned"
+    if kind == "corrupt":
+        open(path, "wb").write(b"PK\x03\x04 not really a checkpoint")
+    elif kind == "mismatched":
+        torch.save({"state_dict": {"conv1.weight": torch.zeros(1)}, "meta": {}}, path)
+    else:
+        class Evil:
+            def __reduce__(self):
+                return (os.system, (f"touch {marker}",))
+        torch.save({"state_dict": Evil(), "meta": {}}, path)
+    code = main(Study(name="bad", title="t", variants=(Variant("a"),)),
+                TINY + ["--epochs", "1", "--seeds", "0", "--storage", str(store)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error: backbone checkpoint") and len(err.splitlines()) == 1, err
+    assert sorted(os.listdir(store)) == ["backbones"]        # nothing else written
+    assert not marker.exists()                              # weights_only=True: nothing executed
+
+
+def test_records_are_written_atomically(tmp_path, monkeypatch):
+    s = Storage(str(tmp_path))
+    s.write_json("st/records/a.json", {"schema": 1})
+    real = os.replace
+
+    def crash(src, dst):
+        raise OSError("simulated crash before the rename")
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError):
+        s.write_json("st/records/b.json", {"schema": 1, "big": list(range(1000))})
+    monkeypatch.setattr(os, "replace", real)
+    assert sorted(os.listdir(tmp_path / "st" / "records")) == ["a.json"]
+    # a temporary file left by a killed process is never read as a record
+    (tmp_path / "st" / "records" / ".tmp-123-c.json").write_text('{"schema": 1, "conf')
+    assert s.list("st/records", ".json") == ["a.json"]
+
+
+def test_configs_are_data_never_code(tmp_path, capsys):
+    marker = tmp_path / "pwned"
+    code = main(Study(name="bad", title="t", variants=(Variant("a"),)),
+                TINY + ["--storage", str(tmp_path / "s"), "--set", f"lr=__import__('os').system('touch {marker}')"])
+    assert code == 2 and "lr: must be a finite number" in capsys.readouterr().err
+    assert not marker.exists()
+
+
+def test_no_dashboard_by_default_and_localhost_only_when_asked():
+    from lsdc.harness import ray_init_kwargs
+    kw = ray_init_kwargs(None)
+    assert kw["include_dashboard"] is False and kw["address"] == "local"
+    kw = ray_init_kwargs(None, dashboard=True)
+    assert kw["include_dashboard"] is True and kw["dashboard_host"] == "127.0.0.1"
+    assert "include_dashboard" not in ray_init_kwargs("ray://head:10001")   # joining: the cluster's own settings
+
+
+def test_soak_forty_trials_every_record_and_resources_return(tmp_path, monkeypatch):
+    monkeypatch.setenv("LSDC_TEST_SECRET", "s3cr3t-t0ken-value")
+    soak = Study(name="soak", title="soak", variants=(Variant("knn", {"labeler": "knn"}),
+                                                      Variant("cos", {"labeler": "cosine"})))
+    argv = TINY + ["--epochs", "1", "--storage", str(tmp_path / "s"), "--checkpoint-every", "1"]
+    assert main(soak, argv + ["--seeds", "100"]) == 0          # warm-up: imports, backbone
+    time.sleep(1)
+    kids0, rss0, ray0 = children(os.getpid()), rss_mb(), ray_pids()
+    assert main(soak, argv + ["--seeds", "0-19"]) == 0         # 2 x 20 = 40 trials
+    time.sleep(2)
+    recs, bad = read_records(Storage(str(tmp_path / "s")), ["soak"])
+    assert not bad and len(recs) == 42
+    assert all(r["status"] == "finished" for r in recs)
+    assert children(os.getpid()) == kids0 and ray_pids() - ray0 == set()
+    assert rss_mb() - rss0 < 150, f"driver memory grew by {rss_mb() - rss0:.0f} MB"
+    for name in os.listdir(tmp_path / "s" / "soak" / "records"):
+        assert "s3cr3t-t0ken-value" not in (tmp_path / "s" / "soak" / "records" / name).read_text()
