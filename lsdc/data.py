@@ -120,10 +120,18 @@ def _load_mnist(root: str, split: str, download: bool):
     return _both(split, one)
 
 
+_CIFAR10_NPZ = ("cifar10_train.npz", "cifar10_test.npz")
+
+
 def _load_cifar10(root: str, split: str, download: bool):
     from torchvision.datasets import CIFAR10
 
     def one(train: bool):
+        npz = os.path.join(root, _CIFAR10_NPZ[0 if train else 1])
+        if not os.path.exists(os.path.join(root, _CIFAR10_FILES[0])) and os.path.exists(npz):
+            # decoded copies (../shared/tools/cifar10-jpeg-to-npz): images N x 32 x 32 x 3, labels
+            with np.load(npz, allow_pickle=False) as z:
+                return np.ascontiguousarray(z["images"]), z["labels"].astype(np.int64)
         ds = CIFAR10(root, train=train, download=download)
         return np.ascontiguousarray(ds.data), np.asarray(ds.targets, dtype=np.int64)
     return _both(split, one)
@@ -309,6 +317,8 @@ def check_available(name: str, root: str | None = None, download: bool = False) 
         return
     root = os.path.abspath(os.path.expanduser(root or "data"))
     if name == "reuters10k" and os.path.exists(os.path.join(root, "reutersidf10k.npz")):
+        return
+    if name == "cifar10" and all(os.path.exists(os.path.join(root, f)) for f in _CIFAR10_NPZ):
         return
     _require(root, spec.files, download, name)
 

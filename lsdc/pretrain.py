@@ -117,6 +117,16 @@ class MoCoQueue:
         self.ptr = (self.ptr + n) % len(self.keys)
 
 
+def rotnet_loss(net: nn.Module, v: torch.Tensor, precision: str = "fp32") -> tuple[torch.Tensor, torch.Tensor]:
+    """RotNet on a batch of augmented views (B x C x H x W): each shown at 0/90/180/270
+    degrees in one forward of 4B images; returns (cross-entropy, number of correct rotations)."""
+    r = torch.cat([v, v.rot90(1, (2, 3)), v.rot90(2, (2, 3)), v.rot90(3, (2, 3))])
+    target = torch.arange(4, device=v.device).repeat_interleave(len(v))
+    with autocast(v.device, precision):
+        logits = net(r.contiguous(memory_format=torch.channels_last))
+    return F.cross_entropy(logits.float(), target), (logits.argmax(1) == target).sum()
+
+
 class _Projector(nn.Module):
     def __init__(self, dim: int, out: int):
         super().__init__()
@@ -163,13 +173,8 @@ def pretrain_backbone(cfg: TrialConfig, ds: data_mod.Dataset, log: Log = print) 
         for idx in _batches(len(ds), bs, rng, device):
             xb = x[idx]
             if method == "rotnet":
-                v = _views(aug, cfg, xb, gen)
-                v = torch.cat([v, v.rot90(1, (2, 3)), v.rot90(2, (2, 3)), v.rot90(3, (2, 3))])
-                target = torch.arange(4, device=device).repeat_interleave(len(idx))
-                with autocast(device, precision):
-                    logits = net(v.contiguous(memory_format=torch.channels_last))
-                loss = F.cross_entropy(logits.float(), target)
-                correct += (logits.argmax(1) == target).sum()
+                loss, hits = rotnet_loss(net, _views(aug, cfg, xb, gen), precision)
+                correct += hits
             elif method == "simclr":
                 v = torch.cat([_views(aug, cfg, xb, gen), _views(aug, cfg, xb, gen)])
                 with autocast(device, precision):

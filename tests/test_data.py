@@ -186,3 +186,16 @@ def test_real_mnist_copy_as_npz_and_as_idx(tmp_path):
                                        "train": (z["images"][:5, ..., 0], z["labels"][:5])})
     via_tv = data.load("mnist", str(tmp_path), "test")
     assert np.array_equal(via_tv.x, test.x) and np.array_equal(via_tv.y, test.y)
+
+
+@pytest.mark.skipif(not os.path.exists(os.path.join(SHARED_DATA, "cifar10_jpeg.tar.gz")), reason="no shared data")
+def test_real_cifar10_jpeg_copy_decoded_to_npz(tmp_path):
+    tool = os.path.join(SHARED_DATA, "..", "tools", "cifar10-jpeg-to-npz")
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, tool, os.path.join(SHARED_DATA, "cifar10_jpeg.tar.gz"), str(tmp_path)],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    ds = data.load("cifar10", str(tmp_path), "all")       # the registered dataset reads the decoded pair
+    assert ds.x.shape == (60000, 32, 32, 3) and np.bincount(ds.y).tolist() == [6000] * 10
+    assert len(data.load("cifar10", str(tmp_path), "test")) == 10000
