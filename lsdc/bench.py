@@ -83,6 +83,23 @@ def _mem_peak(device: torch.device) -> float | None:
     return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
 
 
+def _measure(step: Callable[[], Any], device: torch.device, warmup: int, steps: int, per_step: int,
+             compiled: bool = False, unit: str = "images") -> dict:
+    """Time ``steps`` calls of ``step`` after warm-up (the first call of a compiled step timed
+    apart as compile time), with FLOPs per step and peak GPU memory."""
+    compile_s = None
+    if compiled:
+        t0 = time.perf_counter()
+        step()
+        _sync(device)
+        compile_s = time.perf_counter() - t0
+    _mem_reset(device)
+    seconds = _timed(step, warmup, steps, device)
+    return {"seconds": seconds, "images": steps * per_step, "steps": steps,
+            "flops_per_step": None if compiled else _flops(step), "peak_mem_gb": _mem_peak(device),
+            "compile_s": compile_s, "unit": unit}
+
+
 def trial_config(data: str, batch: int, width: float, device: str, **over):
     return make_config(data, pretrain="none", batch_size=batch, width=width, device=device, epochs=1,
                        scale_schedule=False, **over)
@@ -140,10 +157,7 @@ def bench_reference(cfg, env, warmup: int, steps: int, workers: int) -> dict:
         trial.opt.zero_grad()
         loss.backward()
         trial.opt.step()
-    _mem_reset(device)
-    seconds = _timed(step, warmup, steps, device)
-    return {"seconds": seconds, "images": steps * cfg.batch_size, "steps": steps, "flops_per_step": _flops(step),
-            "peak_mem_gb": _mem_peak(device)}
+    return _measure(step, device, warmup, steps, cfg.batch_size)
 
 
 def bench_trial(cfg, env, warmup: int, steps: int) -> dict:
@@ -156,17 +170,7 @@ def bench_trial(cfg, env, warmup: int, steps: int) -> dict:
     def step():
         idx = torch.randint(0, len(trial.x), (cfg.batch_size,), generator=g, device=device)
         trial.train_step(trial.x[idx], 1.0)
-    compile_s = None
-    if cfg.compile:
-        t0 = time.perf_counter()
-        step()
-        _sync(device)
-        compile_s = time.perf_counter() - t0
-    _mem_reset(device)
-    seconds = _timed(step, warmup, steps, device)
-    flops = None if cfg.compile else _flops(step)
-    return {"seconds": seconds, "images": steps * cfg.batch_size, "steps": steps, "flops_per_step": flops,
-            "peak_mem_gb": _mem_peak(device), "compile_s": compile_s}
+    return _measure(step, device, warmup, steps, cfg.batch_size, compiled=cfg.compile)
 
 
 def bench_rotnet(cfg, env, warmup: int, steps: int, compile: bool) -> dict:
@@ -194,17 +198,7 @@ def bench_rotnet(cfg, env, warmup: int, steps: int, compile: bool) -> dict:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    compile_s = None
-    if compile:
-        t0 = time.perf_counter()
-        step()
-        _sync(device)
-        compile_s = time.perf_counter() - t0
-    _mem_reset(device)
-    seconds = _timed(step, warmup, steps, device)
-    return {"seconds": seconds, "images": steps * bs * 4, "steps": steps,
-            "flops_per_step": None if compile else _flops(step),
-            "peak_mem_gb": _mem_peak(device), "compile_s": compile_s, "unit": "rotated images"}
+    return _measure(step, device, warmup, steps, 4 * bs, compiled=compile, unit="rotated images")
 
 
 def bench_eval(cfg, env, repeats: int = 3) -> dict:

@@ -8,6 +8,7 @@ records is listed as not run, a cell without records shows "—": nothing is fil
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import sys
@@ -17,7 +18,7 @@ from typing import Any, Iterable
 import pandas as pd
 from tabulate import tabulate
 
-from .config import PRESETS
+from .config import PRESETS, ConfigError, make_config
 from .records import read_records
 from .storage import Storage, StorageError
 from .studies import FIGURE1_PAPER, STUDIES
@@ -42,10 +43,10 @@ def records_frame(records: Iterable[dict]) -> pd.DataFrame:
             "confident_acc": _pct((r.get("final") or {}).get("confident_acc")),
             "epochs": c.get("epochs"), "pretrain_epochs": c.get("pretrain_epochs"),
             "commit": (r.get("git_commit") or "unknown")[:12], "hardware": _hw(r),
-            "wall_s": r.get("wall_s"), "key": r.get("key"),
+            "wall_s": r.get("wall_s"), "key": r.get("key"), "config": c,
         })
     cols = ["study", "variant", "row", "kind", "dataset", "seed", "status", "acc", "nmi", "ari", "confident_frac",
-            "confident_acc", "epochs", "pretrain_epochs", "commit", "hardware", "wall_s", "key"]
+            "confident_acc", "epochs", "pretrain_epochs", "commit", "hardware", "wall_s", "key", "config"]
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -74,54 +75,62 @@ def cell(values: pd.Series, diverged: int = 0) -> str:
     return text
 
 
-def _setting_label(dataset: str, epochs: Any, pre: Any, kind_only_kmeans: bool) -> str:
+IGNORED = ("seed", "device", "compile", "eval_every")   # how a trial ran, not what it was
+
+
+def _setting(cfg: dict, varied: set[str]) -> str:
+    """Everything that must be equal for records to share a table row."""
+    return json.dumps({k: v for k, v in sorted(cfg.items()) if k not in varied and k not in IGNORED})
+
+
+def _setting_label(dataset: str, cfg: dict | None, varied: set[str], base: dict) -> str:
+    """The dataset, and what the setting changes from the study's preset configuration."""
     name = os.path.basename(str(dataset))
-    preset = PRESETS.get(dataset, {})
-    parts = []
-    if not kind_only_kmeans and epochs is not None and not (isinstance(epochs, float) and math.isnan(epochs)) \
-            and int(epochs) != preset.get("epochs", 220 if dataset not in PRESETS else None):
-        parts.append(f"{int(epochs)} ep")
-    if pre is not None and not (isinstance(pre, float) and math.isnan(pre)) and \
-            int(pre) != preset.get("pretrain_epochs", 200):
-        parts.append(f"pretrain {int(pre)} ep")
-    return name + (f" ({', '.join(parts)})" if parts else "")
+    if not cfg:
+        return name
+    try:
+        ref = make_config(dataset, **base).to_dict()
+        scaled = make_config(dataset, **base, epochs=cfg["epochs"]).to_dict()
+    except (ConfigError, ValueError):
+        return name
+    diffs = []
+    for k, v in cfg.items():
+        if k in varied or k in IGNORED:
+            continue
+        want = scaled.get(k) if k in ("lr_steps", "rampup") else ref.get(k)
+        if want != v:
+            diffs.append(f"{k} {v if not isinstance(v, list) else ','.join(map(str, v)) or '-'}")
+    return name + (f" ({', '.join(diffs)})" if diffs else "")
 
 
 def study_table(study: Study, df: pd.DataFrame) -> tuple[str, list[str]]:
-    """The markdown of one study and its provenance lines."""
-    sub = df[df["study"] == study.name]
+    """The markdown of one study and its provenance lines.
+
+    Rows are (dataset, setting): records that differ in anything but the seed and the study's
+    own axes never share a cell; each row's label names what it changes from the preset."""
+    sub = df[df["study"] == study.name].copy()
     two_axis = len(study.rows) > 1
+    varied = {k for v in study.variants for k in v.overrides}
+    sub["setting"] = [_setting(c, varied) for c in sub["config"]]
     datasets = [d for d in PAPER_ORDER if d in study.paper] + \
         sorted(d for d in sub["dataset"].unique() if d not in study.paper)
-    # a setting is (dataset, epochs, pretrain epochs); trials of one setting share a table row
-    settings: list[tuple[str, Any, Any]] = []
-    for ds in datasets:
-        s = sub[sub["dataset"] == ds]
-        if s.empty:
-            settings.append((ds, None, None))
-            continue
-        trials = s[s["kind"] == "trial"]
-        epochs = sorted(trials["epochs"].dropna().unique()) or [None]
-        pre = sorted(s["pretrain_epochs"].dropna().unique())
-        for e in epochs:
-            settings.append((ds, e, pre[0] if len(pre) == 1 else None))
     header = ["dataset"] + (["method"] if two_axis else []) + study.labels
     body = []
-    for ds, ep, pre in settings:
-        s = sub[sub["dataset"] == ds]
-        if ep is not None:
-            s = s[(s["kind"] == "kmeans") | (s["epochs"] == ep)]
-        label = _setting_label(ds, ep, pre, False) if not s.empty else os.path.basename(ds)
-        for row in study.rows:
-            line = [label] + ([row] if two_axis else [])
-            for col in study.labels:
-                c = s[(s["variant"] == col) & (s["row"] == row)]
-                text = cell(c.loc[c["status"] == "finished", "acc"], int((c["status"] == "diverged").sum()))
-                paper = study.paper.get(ds, {}).get((row, col) if two_axis else col)
-                if paper:
-                    text += f" · paper {paper}"
-                line.append(text)
-            body.append(line)
+    for ds in datasets:
+        s_ds = sub[sub["dataset"] == ds]
+        groups = [(None, s_ds)] if s_ds.empty else list(s_ds.groupby("setting", sort=True))
+        for _, s in groups:
+            label = _setting_label(ds, s["config"].iloc[0] if len(s) else None, varied, study.base)
+            for row in study.rows:
+                line = [label] + ([row] if two_axis else [])
+                for col in study.labels:
+                    c = s[(s["variant"] == col) & (s["row"] == row)]
+                    text = cell(c.loc[c["status"] == "finished", "acc"], int((c["status"] == "diverged").sum()))
+                    paper = study.paper.get(ds, {}).get((row, col) if two_axis else col)
+                    if paper:
+                        text += f" · paper {paper}"
+                    line.append(text)
+                body.append(line)
     md = tabulate(body, headers=header, tablefmt="github")
     return md, provenance(sub)
 
@@ -173,11 +182,12 @@ def seeds_table(df: pd.DataFrame) -> str | None:
     if sub.empty:
         return None
     body = []
-    for (ds, ep), s in sub.groupby(["dataset", "epochs"], sort=False):
+    sub = sub.assign(setting=[_setting(c, set()) for c in sub["config"]])
+    for (ds, _), s in sub.groupby(["dataset", "setting"], sort=False):
         ok = s[s["status"] == "finished"]
         paper = STUDIES["seeds"].paper.get(ds, {}).get("LSD-C", DASH)
         fig = FIGURE1_PAPER.get(ds, {})
-        body.append([_setting_label(ds, ep, None, False), cell(ok["acc"], int((s["status"] == "diverged").sum())),
+        body.append([_setting_label(ds, s["config"].iloc[0], set(), {}), cell(ok["acc"], int((s["status"] == "diverged").sum())),
                      f"{ok['acc'].min():.1f} / {ok['acc'].max():.1f}" if len(ok) else DASH,
                      cell(ok["nmi"] * 100), cell(ok["ari"] * 100),
                      cell(ok["confident_frac"]) + (f" · paper {fig['confident_frac']:.0f}" if fig else ""),

@@ -46,7 +46,8 @@ def test_table2_on_digits_with_kmeans_baseline_and_figure1(tmp_path):
     assert next(r for r in recs if r["variant"] == "w/o MSE")["config"]["use_mse"] is False
     text, _ = render(Storage(storage), str(tmp_path / "tables.md"))
     t2 = text[text.index("## Table 2"):text.index("## Table 3")]
-    assert "digits (2 ep, pretrain 1 ep)" in t2 and "(1)" in t2
+    row = next(line for line in t2.splitlines() if line.startswith("| digits"))
+    assert "epochs 2" in row and "pretrain_epochs 1" in row and "width 0.125" in row and "(1)" in row
     assert (tmp_path / "figures" / "figure1_digits.png").exists()
 
 

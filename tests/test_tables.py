@@ -37,6 +37,7 @@ def store(tmp_path):
             record("batch_size", "512", "cifar10", 0, None, status="diverged", labeler="sne", batch_size=512),
             record("batch_size", "512", "cifar10", 1, 0.60, labeler="sne", batch_size=512),
             record("batch_size", "64", "digits", 0, 0.75, labeler="sne", batch_size=64),
+            record("batch_size", "64", "cifar10", 5, 0.10, labeler="sne", batch_size=64, mixing="none"),
             record("pretraining", "SimCLR", "cifar10", 0, 0.5, row="K-means", kind="kmeans", pretrain="simclr"),
             record("pretraining", "SimCLR", "cifar10", 0, 0.4, row="Ours (SNE)", pretrain="simclr"),
             record("seeds", "LSD-C", "cifar10", 0, 0.8), record("seeds", "LSD-C", "cifar10", 1, 0.82)]
@@ -63,7 +64,9 @@ def test_render_computes_mean_std_n_and_marks_missing(store, tmp_path):
     assert "60.0 (1) +1 diverged · paper 80.9±1.2" in t5              # NaN never averaged in
     assert "— · paper 46.2±0.2" in t5                                 # cifar100-20 not run: not filled in
     assert "| digits" in t5 and "75.0 (1)" in t5
-    assert "commit abcdef123456 (8)" in t5 and "seeds 0-2" in t5 and "(1 diverged)" in t5
+    other = next(line for line in t5.splitlines() if line.startswith("| cifar10 (mixing none)"))
+    assert "10.0 (1) · paper 72.4±1.3" in other          # another setting never shares a cell
+    assert "commit abcdef123456 (9)" in t5 and "seeds 0-2,5" in t5 and "(1 diverged)" in t5
     assert "*Not run yet*: `python studies/losses.py`" in text
     t4 = text[text.index("## Table 4"):text.index("## Mixing")]
     assert "50.0 (1) · paper 59.45" in t4 and "40.0 (1) · paper 43.5" in t4
