@@ -178,8 +178,9 @@ def bench_rotnet(cfg, env, warmup: int, steps: int, compile: bool) -> dict:
     from .augment import Augmenter
     from .models import make_backbone
     from .pretrain import ROTNET, rotnet_loss
-    from .runtime import resolve_precision
+    from .runtime import configure, resolve_precision
     device = resolve_device(cfg.device)
+    configure(device)
     precision = resolve_precision(cfg.precision, device)
     ds = data_mod.load(cfg.dataset)
     backbone = make_backbone("resnet18", ds.spec.channels, cfg.width, cfg.shortcut)

@@ -26,7 +26,7 @@ from .augment import Augmenter
 from .config import Env, TrialConfig
 from .losses import moco_infonce, nt_xent
 from .models import CheckpointError, load_error_reason, load_strict, make_backbone
-from .runtime import autocast, resolve_device, resolve_precision
+from .runtime import autocast, configure, resolve_device, resolve_precision
 
 Log = Callable[[str], None]
 
@@ -139,6 +139,7 @@ class _Projector(nn.Module):
 def pretrain_backbone(cfg: TrialConfig, ds: data_mod.Dataset, log: Log = print) -> tuple[dict, dict]:
     """Train a backbone with ``cfg.pretrain``; returns (backbone state_dict on CPU, stats)."""
     device = resolve_device(cfg.device)
+    configure(device)
     precision = resolve_precision(cfg.precision, device)
     torch.manual_seed(cfg.pretrain_seed)
     rng = np.random.default_rng(cfg.pretrain_seed)
@@ -266,6 +267,7 @@ def kmeans_baseline(cfg: TrialConfig, env: Env, ds: data_mod.Dataset | None = No
 
     from .metrics import scores
     device = resolve_device(cfg.device)
+    configure(device)
     split = cfg.split if cfg.eval_split == "same" else cfg.eval_split
     if ds is None or ds.split != split:
         ds = data_mod.load(cfg.dataset, env.data_root, split, env.download)

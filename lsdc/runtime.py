@@ -25,6 +25,14 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
+def configure(device: torch.device) -> None:
+    """Process-wide settings for running on ``device``. On CPUs, flush denormal floats to zero:
+    tiny gradients otherwise make single convolution backward passes 10-20x slower (measured:
+    a 1.4 s step took 20 s on a 2-core Xeon); only values below ~1e-38 change."""
+    if device.type == "cpu":
+        torch.set_flush_denormal(True)
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
     if precision == "auto":
         return "bf16" if device.type == "cuda" else "fp32"

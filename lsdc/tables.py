@@ -298,7 +298,7 @@ def render(storage: Storage, out_path: str, figures_dir: str | None = None) -> t
         if study.paper_note:
             doc += [f"_paper: {study.paper_note}_"]
         doc += [""]
-    for name in sorted(set(df["study"]) - set(STUDIES)) if not df.empty else []:
+    for name in sorted(set(df["study"]) - set(STUDIES) - {"search"}) if not df.empty else []:
         sub = df[df["study"] == name]
         pairs = list(dict.fromkeys(zip(sub["row"], sub["variant"])))
         adhoc = Study(name=name, title=f"Study '{name}' (declared outside lsdc.studies)",

@@ -28,7 +28,7 @@ from .metrics import CONFIDENCE, confusion, evaluate, label_free_scores, match_c
 from .mixing import MIXINGS, mix_target
 from .models import CheckpointError, build_model, load_error_reason
 from .pretrain import ensure_backbone, load_backbone
-from .runtime import autocast, resolve_device, resolve_precision
+from .runtime import autocast, configure, resolve_device, resolve_precision
 
 Log = Callable[[str], None]
 FINITE_CHECK_EVERY = 16   # steps between (synchronising) checks of the loss for NaN / inf
@@ -43,6 +43,7 @@ class Trial:
         self.env = env or Env()
         self.log = log
         self.device = resolve_device(cfg.device)
+        configure(self.device)
         self.precision = resolve_precision(cfg.precision, self.device)
         if dataset is None or dataset.split != cfg.split or dataset.name != cfg.dataset:
             dataset = data_mod.load(cfg.dataset, self.env.data_root, cfg.split, self.env.download)
