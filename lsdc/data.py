@@ -14,6 +14,7 @@ evaluates on), ``"train"`` or ``"test"``.
 """
 from __future__ import annotations
 
+import functools
 import os
 import pickle
 import zipfile
@@ -225,13 +226,20 @@ def _npz_header(path: str, key: str) -> tuple[tuple[int, ...], np.dtype]:
 
 
 def npz_spec(path: str) -> DatasetSpec:
-    """The spec of a user's .npz dataset, read from the array headers (no data loaded).
+    """The spec of a user's .npz dataset: shapes from the array headers, the number of
+    clusters from the labels, per-channel mean/std of the images (computed once per file
+    version and cached).
 
-    Images are uint8 N x H x W (x C); anything else 2-D is vectors. The number of clusters
-    is the number of distinct labels, read from the (small) label array.
+    Images are uint8 N x H x W (x C); anything else 2-D is vectors.
     """
     if not os.path.isfile(path):
         raise DatasetError(f"dataset {path!r}: no such .npz file")
+    st = os.stat(path)
+    return _npz_spec_cached(os.path.abspath(path), st.st_mtime_ns, st.st_size, path)
+
+
+@functools.lru_cache(maxsize=32)
+def _npz_spec_cached(abspath: str, mtime_ns: int, size: int, path: str) -> DatasetSpec:
     xk, yk = _npz_arrays(path)
     shape, dtype = _npz_header(path, xk)
     with np.load(path, allow_pickle=False) as z:

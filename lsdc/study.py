@@ -176,7 +176,11 @@ class StudyArgs:
 
 
 def parse_args(study: Study, argv: Sequence[str] | None = None) -> StudyArgs:
-    a = build_parser(study).parse_args(argv)
+    return study_args(build_parser(study).parse_args(argv))
+
+
+def study_args(a: argparse.Namespace) -> StudyArgs:
+    """The shared flags, checked, from a namespace of :func:`build_parser` (or an extension of it)."""
     overrides = dict(parse_override(o) for o in a.overrides)
     if a.epochs is not None:
         overrides["epochs"] = a.epochs
@@ -264,10 +268,8 @@ def search_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sampler-seed", type=int, default=0, help="seed of the TPE sampler")
     parser.add_argument("--no-asha", action="store_true", help="run every trial to the end")
     try:
-        extra, rest = parser.parse_known_args(argv)
-        if rest:
-            raise StudyError(f"unrecognised arguments: {' '.join(rest)}")
-        args = parse_args(SEARCH, [a for a in _strip_search_flags(argv)])
+        extra = parser.parse_args(argv)
+        args = study_args(extra)
         if extra.trials < 1:
             raise StudyError(f"--trials: must be >= 1, got {extra.trials}")
         if extra.max_concurrent < 1:
@@ -285,20 +287,3 @@ def search_main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, StudyError, StorageError, data_mod.DatasetError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-
-
-_SEARCH_FLAGS = {"--trials": 1, "--objective": 1, "--labeler": 1, "--max-concurrent": 1, "--sampler-seed": 1,
-                 "--no-asha": 0}
-
-
-def _strip_search_flags(argv: Sequence[str] | None) -> list[str]:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    out, i = [], 0
-    while i < len(argv):
-        flag = argv[i].split("=", 1)[0]
-        if flag in _SEARCH_FLAGS:
-            i += 1 + (_SEARCH_FLAGS[flag] if "=" not in argv[i] else 0)
-            continue
-        out.append(argv[i])
-        i += 1
-    return out
