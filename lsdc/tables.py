@@ -13,7 +13,7 @@ import math
 import os
 import sys
 from collections import Counter
-from typing import Any, Iterable
+from typing import Iterable
 
 import pandas as pd
 from tabulate import tabulate

@@ -1,10 +1,8 @@
 """Fault injection: a killed driver, Ctrl-C, a lost node, divergence, bad input, torn writes,
 hostile files, and a 40-trial soak. Each test would fail without the behaviour it names."""
-import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
