@@ -18,6 +18,8 @@ from typing import Any
 from . import data as data_mod
 
 LABELERS = ("cosine", "sne", "knn")
+# the config fields each labeler takes, in the order of its function's arguments after the features
+LABELER_PARAMS = {"cosine": ("cosine_tau",), "sne": ("sne_tau", "sne_temperature"), "knn": ("knn_k",)}
 MIXINGS = ("ricap", "mixup", "none")
 RICAP_TARGETS = ("reference", "corrected")
 HEADS = ("linear", "mlp")
@@ -169,8 +171,7 @@ def _validate(c: TrialConfig) -> None:
     _choice("pretrain_augment", c.pretrain_augment, PRETRAIN_AUGMENTS)
     _choice("labeler", c.labeler, LABELERS)
     _number("batch_size", c.batch_size, 2, integer=True)
-    needed = {"cosine": ("cosine_tau",), "sne": ("sne_tau", "sne_temperature"), "knn": ("knn_k",)}[c.labeler]
-    for name in needed:
+    for name in LABELER_PARAMS[c.labeler]:
         if getattr(c, name) is None:
             raise ConfigError(f"{name}: supplement Table 1 gives no value for {c.dataset!r} and labeler "
                               f"{c.labeler!r}; set it explicitly")

@@ -55,10 +55,9 @@ LABELERS: dict[str, Callable[..., torch.Tensor]] = {"cosine": cosine, "sne": sne
 
 def from_config(cfg) -> Callable[[torch.Tensor], torch.Tensor]:
     """The labeler a :class:`~lsdc.config.TrialConfig` names, with its parameters bound."""
-    if cfg.labeler == "cosine":
-        return lambda f: cosine(f, cfg.cosine_tau)
-    if cfg.labeler == "sne":
-        return lambda f: sne(f, cfg.sne_tau, cfg.sne_temperature)
-    if cfg.labeler == "knn":
-        return lambda f: knn(f, cfg.knn_k)
-    raise ValueError(f"labeler: unknown {cfg.labeler!r}; allowed: {', '.join(LABELERS)}")
+    from .config import LABELER_PARAMS
+    if cfg.labeler not in LABELERS:
+        raise ValueError(f"labeler: unknown {cfg.labeler!r}; allowed: {', '.join(LABELERS)}")
+    fn = LABELERS[cfg.labeler]
+    params = [getattr(cfg, name) for name in LABELER_PARAMS[cfg.labeler]]
+    return lambda f: fn(f, *params)

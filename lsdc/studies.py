@@ -2,6 +2,7 @@
 them and :mod:`lsdc.tables` renders them. Paper values are the supplement's ACC (%)."""
 from __future__ import annotations
 
+from .config import LABELER_PARAMS
 from .study import Study, Variant
 
 C10, C100 = "cifar10", "cifar100-20"
@@ -20,9 +21,8 @@ BATCH_SIZE = Study(
 LABELER = Study(
     name="labeler", title="Labelers: cosine / SNE / kNN pairwise labels",
     description="Each labeler with its Table 1 parameters for the dataset (columns without them are skipped).",
-    variants=(Variant("cosine", {"labeler": "cosine"}, requires=("cosine_tau",)),
-              Variant("SNE", {"labeler": "sne"}, requires=("sne_tau", "sne_temperature")),
-              Variant("kNN", {"labeler": "knn"}, requires=("knn_k",))),
+    variants=tuple(Variant(label, {"labeler": name}, requires=LABELER_PARAMS[name])
+                   for label, name in (("cosine", "cosine"), ("SNE", "sne"), ("kNN", "knn"))),
     debug_variant=2,
 )
 
