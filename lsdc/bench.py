@@ -127,14 +127,20 @@ class _RefViews(torch.utils.data.Dataset):
 
 def bench_reference(cfg, env, warmup: int, steps: int, workers: int) -> dict:
     """The reference pipeline around the same model, labels and losses."""
+    from . import data as data_mod
     from .labelers import from_config
     from .losses import mse_consistency, pairwise_bce
     from .mixing import mix_target, ricap
-    from .trial import Trial
-    trial = Trial(cfg, env, log=lambda s: None)
-    device = trial.device
-    model = trial.model.float()
-    ds = _RefViews(trial.x.cpu().numpy(), trial.spec)
+    from .models import build_model
+    from .runtime import configure, resolve_device
+    device = resolve_device(cfg.device)
+    configure(device)
+    dataset = data_mod.load(cfg.dataset, env.data_root, cfg.split, env.download)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg, dataset.num_clusters).to(device)     # fp32, no channels_last: the reference's
+    opt = torch.optim.SGD(model.trainable_parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                          weight_decay=cfg.weight_decay)
+    ds = _RefViews(dataset.x, dataset.spec)
     loader = torch.utils.data.DataLoader(ds, batch_size=cfg.batch_size, shuffle=True, drop_last=True,
                                          num_workers=workers, persistent_workers=workers > 0)
     labeler = from_config(cfg)
@@ -148,28 +154,27 @@ def bench_reference(cfg, env, warmup: int, steps: int, workers: int) -> dict:
         except StopIteration:
             it = iter(loader)
             x, xb, xb2 = next(it)
-        xb, xb2, plan = ricap(xb, xb2, rng, cfg.mix_beta)
+        xb, xb2, plan = ricap(xb, xb2, rng, cfg.mix_beta, cfg.ricap_target)
         x, xb, xb2 = (t.to(device) for t in (x, xb, xb2))
         outs = [model.trainable_forward(model.backbone.run_blocks(v, 0, model.freeze_from)) for v in (x, xb, xb2)]
         p, pb, pb2 = (torch.softmax(o[0], 1) for o in outs)
-        target = mix_target(labeler(outs[0][1].detach()), plan, cfg.ricap_target)
+        target = mix_target(labeler(outs[0][1].detach()), plan)
         loss = pairwise_bce(pb, p, target) + 1.0 * mse_consistency(pb, pb2)
-        trial.opt.zero_grad()
+        opt.zero_grad()
         loss.backward()
-        trial.opt.step()
+        opt.step()
     return _measure(step, device, warmup, steps, cfg.batch_size)
 
 
 def bench_trial(cfg, env, warmup: int, steps: int) -> dict:
     """This package's training step (Trial.train_step: gather, augmentation, RICAP, labels, losses)."""
     from .trial import Trial
-    trial = Trial(cfg, env, log=lambda s: None)
+    trial = Trial.from_config(cfg, env, log=lambda s: None)
     device = trial.device
     g = torch.Generator(device=device).manual_seed(0)
 
     def step():
-        idx = torch.randint(0, len(trial.x), (cfg.batch_size,), generator=g, device=device)
-        trial.train_step(trial.x[idx], 1.0)
+        trial.train_step(trial.random_batch(g), 1.0)
     return _measure(step, device, warmup, steps, cfg.batch_size, compiled=cfg.compile)
 
 
@@ -204,7 +209,7 @@ def bench_rotnet(cfg, env, warmup: int, steps: int, compile: bool) -> dict:
 
 def bench_eval(cfg, env, repeats: int = 3) -> dict:
     from .trial import Trial
-    trial = Trial(cfg, env, log=lambda s: None)
+    trial = Trial.from_config(cfg, env, log=lambda s: None)
     trial.predict()
     _sync(trial.device)
     t0 = time.perf_counter()
@@ -254,14 +259,15 @@ def run(args) -> dict:
         elif v == "eval":
             add(v, bench_eval(cfg, env))
         elif v.startswith("ray-"):
-            from .harness import bench_concurrent
+            from .runner.bench import bench_concurrent
             n = int(v.split("-")[1])
             r = bench_concurrent(n, cfg.to_dict(), env.to_dict(), args.warmup, args.steps,
                                  gpus_per_trial=(1.0 / n) if device.type == "cuda" else 0.0,
                                  cpus_per_trial=args.cpus_per_trial)
             add(v, r)
-    from .harness import shutdown_ray
-    shutdown_ray()
+    if "ray" in sys.modules:
+        from .runner.cluster import shutdown
+        shutdown()
     ref = next((r["images_per_s"] for r in results if r["variant"] == "reference"), None)
     for r in results:
         if ref and r["variant"] != "eval" and r["unit"] == "images":

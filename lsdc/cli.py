@@ -13,6 +13,7 @@ import time
 from . import data as data_mod
 from .config import ConfigError, Env, make_config, parse_override
 from .models import CheckpointError
+from .registry import LABELERS, RegistryError, load_plugins
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
                    f"registered: {', '.join(data_mod.DATASETS)}")
     p.add_argument("--epochs", type=int, help="clustering epochs (rescales lr steps and ramp-up)")
     p.add_argument("--pretrain-epochs", type=int)
-    p.add_argument("--labeler", choices=("cosine", "sne", "knn"))
+    p.add_argument("--labeler", choices=LABELERS.names(), help="pairwise labeler (default: the dataset's preset)")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
@@ -49,8 +50,8 @@ def main(argv: list[str] | None = None) -> int:
         env = Env(download=args.download, **env_kw)
         from .trial import Trial  # heavy imports after the arguments are known to be valid
         t0 = time.perf_counter()
-        trial = Trial(cfg, env)
-        print(f"lsdc trial {cfg.key()}: {cfg.dataset} ({len(trial.x)} samples, {trial.num_clusters} clusters), "
+        trial = Trial.from_config(cfg, env)
+        print(f"lsdc trial {trial.key}: {cfg.dataset} ({len(trial.x)} samples, {trial.num_clusters} clusters), "
               f"labeler {cfg.labeler}, mixing {cfg.mixing}, batch {cfg.batch_size}, "
               f"trainable from block #{cfg.freeze_from}, device {trial.device} ({trial.precision})", flush=True)
         for m in trial:
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
             with open(args.json, "w") as f:
                 json.dump({"config": cfg.to_dict(), "history": trial.history, "kmeans": km}, f, indent=1)
         return 1 if trial.diverged else 0
-    except (ConfigError, data_mod.DatasetError, CheckpointError) as e:
+    except (ConfigError, data_mod.DatasetError, CheckpointError, RegistryError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -8,7 +8,6 @@ storage, caches) are deliberately not part of it: see :class:`Env`.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -16,19 +15,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import data as data_mod
+from . import registry
+from .registry import RegistryError
 
-LABELERS = ("cosine", "sne", "knn")
-# the config fields each labeler takes, in the order of its function's arguments after the features
-LABELER_PARAMS = {"cosine": ("cosine_tau",), "sne": ("sne_tau", "sne_temperature"), "knn": ("knn_k",)}
-MIXINGS = ("ricap", "mixup", "none")
-RICAP_TARGETS = ("reference", "corrected")
-HEADS = ("linear", "mlp")
-PRETRAINS = ("rotnet", "simclr", "moco", "none")
-PRETRAIN_AUGMENTS = ("standard", "strong")
+# Choices that are not extension points (labelers, mixings, pretraining methods and heads
+# are: see lsdc.registry).
 OPTIMIZERS = ("sgd", "adam")
 FROZEN_BN = ("train", "eval")
 SHORTCUTS = ("free", "conv")
 PRECISIONS = ("auto", "fp32", "bf16")
+FAMILY_FIELDS = ("labeler", "mixing", "pretrain", "head")
 
 
 class ConfigError(ValueError):
@@ -86,11 +82,31 @@ class TrialConfig:
     fused_views: bool = False           # one forward of the three views (BatchNorm over 3B) instead of three
     compile: bool = False               # torch.compile the trainable part
     eval_every: int = 1                 # evaluate every k epochs (the last epoch always)
+    # parameters of registered entries that are not fields above (plugins): name -> value
+    extra: tuple[tuple[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
         if isinstance(self.lr_steps, list):
             object.__setattr__(self, "lr_steps", tuple(self.lr_steps))
+        if isinstance(self.extra, dict):
+            object.__setattr__(self, "extra", tuple(sorted(self.extra.items())))
         _validate(self)
+
+    def param(self, name: str) -> Any:
+        """The value of a field or of a registered entry's parameter (from ``extra``)."""
+        if name in _FIELDS:
+            return getattr(self, name)
+        extra = dict(self.extra)
+        if name in extra:
+            return extra[name]
+        p = registry.all_params().get(name)
+        if p is None:
+            raise ConfigError(f"{name}: unknown config field or registered parameter")
+        return p.default
+
+    def entries(self) -> list[registry.Entry]:
+        """The registry entries this config chooses (labeler, mixing, pretraining, head)."""
+        return [registry.FAMILIES[f].get(getattr(self, f)) for f in FAMILY_FIELDS]
 
     # -- derived ---------------------------------------------------------------------
     @property
@@ -107,28 +123,43 @@ class TrialConfig:
         return 4 if self.arch == "resnet18" else 3
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
+        """Every field (``extra`` as a dict, and only when it holds something)."""
+        d = {f: getattr(self, f) for f in _FIELDS if f != "extra"}
         d["lr_steps"] = list(self.lr_steps)
+        if self.extra:
+            d["extra"] = dict(self.extra)
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrialConfig":
-        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ConfigError(f"{sorted(unknown)[0]}: unknown config field; allowed: {', '.join(field_names())}")
-        return cls(**d)
+        d = dict(d)
+        extra = dict(d.pop("extra", None) or {})
+        for k in [k for k in d if k not in _FIELDS]:
+            if registry.param_owner(k) is None and k not in registry.all_params():
+                raise ConfigError(f"{k}: unknown config field; allowed: {', '.join(field_names())}")
+            extra[k] = d.pop(k)
+        return cls(**d, extra=extra)
 
-    def key(self) -> str:
-        """A stable id of the full config (every field, seed included): records and resume key on it."""
-        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    def key(self, fingerprint: str | None = None) -> str:
+        """The trial key of this config on data with ``fingerprint`` (see :mod:`lsdc.keys`):
+        a hash of the effective configuration only, with ``precision`` resolved."""
+        from .keys import trial_key
+        return trial_key(self, fingerprint)
 
     def replace(self, **changes: Any) -> "TrialConfig":
         return dataclasses.replace(self, **changes)
 
 
+_FIELDS = tuple(f.name for f in dataclasses.fields(TrialConfig))
+
+
 def field_names() -> list[str]:
-    return [f.name for f in dataclasses.fields(TrialConfig)]
+    return [f for f in _FIELDS if f != "extra"]
+
+
+def settable_names() -> list[str]:
+    """Config fields and every registered entry's parameters: what ``--set`` accepts."""
+    return sorted(set(field_names()) | set(registry.all_params()))
 
 
 def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
@@ -158,42 +189,42 @@ def _validate(c: TrialConfig) -> None:
     _choice("eval_split", c.eval_split, ("same",) + spec.splits)
     _number("width", c.width, 0.0, 8.0, lo_open=True)
     _choice("shortcut", c.shortcut, SHORTCUTS)
-    _choice("head", c.head, HEADS)
     nb = 4 if spec.is_image else 3
     _number("freeze_from", c.freeze_from, 0, nb, integer=True)
     _choice("frozen_bn", c.frozen_bn, FROZEN_BN)
-    _choice("pretrain", c.pretrain, PRETRAINS)
-    if not spec.is_image and c.pretrain != "none":
-        raise ConfigError(f"pretrain: {c.dataset!r} holds vectors, so only 'none' is allowed, got {c.pretrain!r}")
-    _number("pretrain_epochs", c.pretrain_epochs, 1, integer=True)
-    _number("pretrain_seed", c.pretrain_seed, 0, integer=True)
-    _number("pretrain_batch_size", c.pretrain_batch_size, 2, integer=True)
-    _choice("pretrain_augment", c.pretrain_augment, PRETRAIN_AUGMENTS)
-    _choice("labeler", c.labeler, LABELERS)
     _number("batch_size", c.batch_size, 2, integer=True)
-    for name in LABELER_PARAMS[c.labeler]:
-        if getattr(c, name) is None:
-            raise ConfigError(f"{name}: supplement Table 1 gives no value for {c.dataset!r} and labeler "
-                              f"{c.labeler!r}; set it explicitly")
-    if c.cosine_tau is not None:
-        _number("cosine_tau", c.cosine_tau, -1.0, 1.0)
-    if c.sne_tau is not None:
-        _number("sne_tau", c.sne_tau, 0.0, 2.0, hi_open=True)
-    if c.sne_temperature is not None:
-        _number("sne_temperature", c.sne_temperature, 0.0, lo_open=True)
-    if c.knn_k is not None:
-        _number("knn_k", c.knn_k, 1, integer=True)
-        if c.labeler == "knn" and c.knn_k >= c.batch_size:
-            raise ConfigError(f"knn_k: must be < batch_size ({c.batch_size}), got {c.knn_k}")
+    entries = []
+    for fam in FAMILY_FIELDS:
+        try:
+            entries.append(registry.FAMILIES[fam].get(getattr(c, fam)))
+        except RegistryError as e:
+            raise ConfigError(str(e)) from None
+    for e in entries:
+        if e.needs_images and not spec.is_image:
+            allowed = [x.name for x in registry.FAMILIES[e.family].entries() if not x.needs_images]
+            raise ConfigError(f"{e.family}: {e.name!r} needs images and {c.dataset!r} holds vectors; "
+                              f"allowed: {', '.join(allowed)}")
+        for p in e.params:
+            value = c.param(p.name)
+            if value is None:
+                raise ConfigError(f"{p.name}: supplement Table 1 gives no value for {c.dataset!r} and "
+                                  f"{e.family} {e.name!r}; set it explicitly")
+            why = p.check(value)
+            if why:
+                raise ConfigError(f"{p.name}: {why}")
+    # parameters of entries not chosen are kept as they are, but must still be valid when set
+    for name, p in registry.all_params().items():
+        value = c.param(name) if name in _FIELDS or name in dict(c.extra) else None
+        if value is not None and p.check(value):
+            raise ConfigError(f"{name}: {p.check(value)}")
+    for e in entries:
+        why = e.check(c) if e.check else None
+        if why:
+            raise ConfigError(why)
     if not isinstance(c.use_mse, bool):
         raise ConfigError(f"use_mse: must be true or false, got {c.use_mse!r}")
     _number("lam", c.lam, 0.0)
     _number("rampup", c.rampup, 0, integer=True)
-    _choice("mixing", c.mixing, MIXINGS)
-    if c.mixing == "ricap" and not spec.is_image:
-        raise ConfigError(f"mixing: 'ricap' needs images and {c.dataset!r} holds vectors; allowed: mixup, none")
-    _choice("ricap_target", c.ricap_target, RICAP_TARGETS)
-    _number("mix_beta", c.mix_beta, 0.0, lo_open=True)
     _choice("optimizer", c.optimizer, OPTIMIZERS)
     _number("lr", c.lr, 0.0, lo_open=True)
     _number("momentum", c.momentum, 0.0, 1.0, hi_open=True)
@@ -213,50 +244,66 @@ def _validate(c: TrialConfig) -> None:
         if not isinstance(getattr(c, name), bool):
             raise ConfigError(f"{name}: must be true or false, got {getattr(c, name)!r}")
     _number("eval_every", c.eval_every, 1, integer=True)
+    unknown = [k for k in dict(c.extra) if k not in registry.all_params()]
+    if unknown:
+        raise ConfigError(f"{unknown[0]}: no registered entry declares this parameter")
 
 
 # ------------------------------------------------------------------------------ presets
-# Supplement Table 1, one dict per dataset ('-' in the table is None here), plus our own
-# preset for scikit-learn's digits (8x8, 1,797 images: sized for a laptop CPU).
-_T1 = dict(cosine_tau=None, sne_tau=None, sne_temperature=None, knn_k=None)
-PRESETS: dict[str, dict[str, Any]] = {
-    "cifar10": dict(optimizer="sgd", epochs=220, lr_steps=(140, 180), lr=0.1, lam=5.0, rampup=100,
-                    cosine_tau=0.9, sne_tau=0.01, sne_temperature=1.0, knn_k=20, labeler="knn"),
-    "cifar100-20": dict(optimizer="sgd", epochs=200, lr_steps=(170,), lr=0.1, lam=25.0, rampup=150,
-                        cosine_tau=0.95, sne_tau=0.01, sne_temperature=0.5, knn_k=10, labeler="knn"),
-    "stl10": dict(_T1, optimizer="sgd", epochs=200, lr_steps=(140, 180), lr=0.1, lam=5.0, rampup=50,
-                  sne_tau=0.01, sne_temperature=0.5, labeler="sne"),
-    "mnist": dict(_T1, optimizer="sgd", epochs=15, lr_steps=(), lr=0.1, lam=5.0, rampup=50, knn_k=10,
-                  labeler="knn"),
-    "reuters10k": dict(_T1, optimizer="adam", epochs=75, lr_steps=(), lr=0.001, lam=25.0, rampup=100,
-                       knn_k=5, labeler="knn", pretrain="none", freeze_from=0, mixing="none",
-                       weight_decay=0.0),
-    # ours: a tiny network and short schedules so that a trial takes seconds on 2 CPU cores.
-    # RotNet features of 8x8 digits are poor (k-means ACC ~0.27, kNN-pair precision ~0.46);
-    # SimCLR with its strong augmentation gives k-means ACC ~0.9, so digits pretrains with it.
-    "digits": dict(optimizer="sgd", epochs=20, lr_steps=(16,), lr=0.05, lam=2.0, rampup=5,
-                   cosine_tau=0.9, sne_tau=0.01, sne_temperature=3.0, knn_k=10, labeler="knn",
-                   width=0.25, batch_size=128, freeze_from=2, pretrain="simclr", pretrain_augment="strong",
-                   pretrain_epochs=20, pretrain_batch_size=128),
-}
+# A dataset's preset is its registered core values (supplement Table 1's row, or ours for
+# digits: see lsdc.data) plus, for every registered labeler / mixing / pretraining method /
+# head, that entry's values for the dataset ('-' in Table 1 is None: set it explicitly).
 # Datasets without a preset of their own (users' .npz files) start from CIFAR-10's.
 DEFAULT_PRESET = "cifar10"
 
 
+# The core fields a search varies (the chosen entries' parameters add their own spaces).
+SEARCH_CORE = (
+    registry.Param("lam", float, lo=0.0, search=("float", 0.5, 50.0, True), help="lambda of the MSE ramp-up"),
+    registry.Param("rampup", int, lo=0, search=lambda b: ("int", 0, int(b["epochs"]), False),
+                   help="T, epochs of the ramp-up"),
+    registry.Param("lr", float, lo=0.0, lo_open=True, help="learning rate",
+                   search=lambda b: ("float", *((1e-4, 1e-2) if b["optimizer"] == "adam" else (1e-3, 0.5)), True)),
+)
+
+
+def resolve_precision_name(precision: str, device_type: str) -> str:
+    """``auto`` is bf16 on CUDA and fp32 elsewhere; anything else stays as it is."""
+    if precision == "auto":
+        return "bf16" if device_type == "cuda" else "fp32"
+    return precision
+
+
 def preset(dataset: str) -> dict[str, Any]:
-    return dict(PRESETS.get(dataset, PRESETS[DEFAULT_PRESET]))
+    """The preset of ``dataset``: core values, then every registered entry's parameters."""
+    name = dataset if data_mod.DATASETS.get(dataset) is not None and data_mod.DATASETS[dataset].preset \
+        else DEFAULT_PRESET
+    values = dict(data_mod.DATASETS[name].preset)
+    for reg in registry.FAMILIES.values():
+        for e in reg.entries():
+            for p in e.params:
+                if p.name in values and p.name not in e.presets.get(name, {}):
+                    continue
+                values[p.name] = e.presets.get(name, {}).get(p.name, values.get(p.name, p.default))
+    return values
+
+
+def presets() -> dict[str, dict[str, Any]]:
+    """The preset of every registered dataset that has one (Table 1 reads this)."""
+    return {n: preset(n) for n, s in data_mod.DATASETS.items() if s.preset}
 
 
 def make_config(dataset: str = "digits", *, scale_schedule: bool = True, **overrides: Any) -> TrialConfig:
     """A validated config: the dataset's preset (Table 1), then ``overrides``.
 
-    With ``scale_schedule`` (default), overriding ``epochs`` alone rescales the preset's
+    ``overrides`` may name any field or any registered entry's parameter. With
+    ``scale_schedule`` (default), overriding ``epochs`` alone rescales the preset's
     learning-rate steps and ramp-up length T in proportion (so ``epochs=22`` on CIFAR-10
     drops the lr at 14 and 18 and ramps up over 10 epochs); explicit ``lr_steps`` or
-    ``rampup`` overrides win. MixUp gets the supplement's weight decay 1e-4 unless
-    ``weight_decay`` is given.
+    ``rampup`` overrides win. A chosen entry's ``implies`` (MixUp: weight decay 1e-4) apply
+    unless the field is given.
     """
-    names = set(field_names())
+    names = set(settable_names())
     for k in overrides:
         if k not in names:
             raise ConfigError(f"{k}: unknown config field; allowed: {', '.join(sorted(names))}")
@@ -274,12 +321,24 @@ def make_config(dataset: str = "digits", *, scale_schedule: bool = True, **overr
             values["lr_steps"] = tuple(s for s in steps if s < overrides["epochs"]) or ()
         if "rampup" not in overrides:
             values["rampup"] = max(0, round(values["rampup"] * ratio))
-    if overrides.get("mixing", values.get("mixing")) == "mixup" and "weight_decay" not in overrides:
-        values["weight_decay"] = 1e-4
+    for fam in FAMILY_FIELDS:
+        name = overrides.get(fam, values.get(fam, getattr(TrialConfig, fam)))
+        if name in registry.FAMILIES[fam]:
+            for k, v in registry.FAMILIES[fam].get(name).implies.items():
+                if k not in overrides:
+                    values[k] = v
     values.update(overrides)
     if "lr_steps" in values:
         values["lr_steps"] = tuple(values["lr_steps"])
-    return TrialConfig(**values)
+    # parameters that are not fields go to ``extra``, those of the chosen entries only
+    chosen = set()
+    for fam in FAMILY_FIELDS:
+        name = values.get(fam, getattr(TrialConfig, fam))
+        if name in registry.FAMILIES[fam]:
+            chosen |= set(registry.FAMILIES[fam].get(name).param_names)
+    extra = {k: values.pop(k) for k in [k for k in values if k not in _FIELDS]}
+    extra = {k: v for k, v in extra.items() if k in chosen or k in overrides}
+    return TrialConfig(**values, extra=extra)
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -288,8 +347,8 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise ConfigError(f"--set: expected NAME=VALUE, got {text!r}")
     name, raw = text.split("=", 1)
     name = name.strip().replace("-", "_")
-    if name not in field_names():
-        raise ConfigError(f"{name}: unknown config field; allowed: {', '.join(sorted(field_names()))}")
+    if name not in settable_names():
+        raise ConfigError(f"{name}: unknown config field; allowed: {', '.join(settable_names())}")
     try:
         value = json.loads(raw)
     except json.JSONDecodeError:

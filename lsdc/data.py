@@ -15,6 +15,7 @@ evaluates on), ``"train"`` or ``"test"``.
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import pickle
 import zipfile
@@ -59,9 +60,30 @@ class Dataset:
     num_clusters: int
     spec: "DatasetSpec"
     split: str = "all"
+    source: str = ""        # where the arrays came from (torchvision's files, a decoded JPEG copy, a .npz)
+    lossy: bool = False     # True for copies that lost information (CIFAR-10 from JPEG)
 
     def __len__(self) -> int:
         return len(self.y)
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """A hash of the arrays actually used (images and labels, with shapes and dtypes)."""
+        return array_fingerprint(self.x, self.y)
+
+    def provenance(self) -> dict:
+        """What a record says about the data: fingerprint, source, lossy, size and shape."""
+        return {"fingerprint": self.fingerprint, "source": self.source, "lossy": self.lossy, "split": self.split,
+                "n": int(len(self)), "shape": list(self.x.shape[1:])}
+
+
+def array_fingerprint(x: np.ndarray, y: np.ndarray) -> str:
+    """sha256 (16 hex digits) of the image / vector array and the label array, shapes and dtypes included."""
+    h = hashlib.sha256()
+    for a in (np.ascontiguousarray(x), np.ascontiguousarray(y)):
+        h.update(f"{a.dtype.str}{a.shape};".encode())
+        h.update(memoryview(a).cast("B"))
+    return h.hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -80,6 +102,10 @@ class DatasetSpec:
     classes: tuple[str, ...] = ()
     files: tuple[str, ...] = ()    # what the loader expects under the data root
     loader: Callable[..., tuple[np.ndarray, np.ndarray]] | None = field(default=None, repr=False)
+    # core config values of the dataset's preset (supplement Table 1's row); the labelers',
+    # mixings' and pretraining methods' own values live with them in lsdc.registry
+    preset: dict = field(default_factory=dict, repr=False, compare=False, hash=False)
+    source: str = ""               # where the data comes from (recorded with every result)
 
     @property
     def is_image(self) -> bool:
@@ -290,23 +316,52 @@ _MNIST_FILES = tuple(f"MNIST/raw/{f}" for f in
 _STL10_FILES = tuple(f"stl10_binary/{f}" for f in ["train_X.bin", "train_y.bin", "test_X.bin", "test_y.bin",
                                                    "unlabeled_X.bin"])
 
-DATASETS: dict[str, DatasetSpec] = {s.name: s for s in [
+DATASETS: dict[str, DatasetSpec] = {}
+
+
+def register_dataset(spec: DatasetSpec, replace: bool = False) -> DatasetSpec:
+    """Add a dataset to the registry: its spec carries its loader, files and preset."""
+    if spec.name in DATASETS and not replace:
+        raise DatasetError(f"dataset: {spec.name!r} is already registered")
+    if spec.name.endswith(".npz"):
+        raise DatasetError(f"dataset: a registered name cannot end in .npz (that means a file): {spec.name!r}")
+    DATASETS[spec.name] = spec
+    return spec
+
+
+_SGD = dict(optimizer="sgd", lr=0.1)
+for _spec in [
+    # ours: a tiny network and short schedules so that a trial takes seconds on 2 CPU cores.
+    # RotNet features of 8x8 digits are poor (k-means ACC ~0.27, kNN-pair precision ~0.46);
+    # SimCLR with its strong augmentation gives k-means ACC ~0.9, so digits pretrains with it.
     DatasetSpec("digits", "image", 10, channels=1, size=8, mean=(0.3053,), std=(0.3759,), pad=1,
-                flip=False, splits=("all",), classes=DIGIT_CLASSES, loader=_load_digits),
+                flip=False, splits=("all",), classes=DIGIT_CLASSES, loader=_load_digits,
+                source="scikit-learn's bundled digits (load_digits), scaled to 0-255",
+                preset=dict(optimizer="sgd", epochs=20, lr_steps=(16,), lr=0.05, lam=2.0, rampup=5, labeler="knn",
+                            width=0.25, batch_size=128, freeze_from=2, pretrain="simclr",
+                            pretrain_augment="strong", pretrain_epochs=20, pretrain_batch_size=128)),
     DatasetSpec("mnist", "image", 10, channels=1, size=28, mean=(0.1307,), std=(0.3081,), pad=2,
-                flip=False, classes=DIGIT_CLASSES, files=_MNIST_FILES, loader=_load_mnist),
+                flip=False, classes=DIGIT_CLASSES, files=_MNIST_FILES, loader=_load_mnist,
+                source="torchvision MNIST files",
+                preset=dict(_SGD, epochs=15, lr_steps=(), lam=5.0, rampup=50, labeler="knn")),
     DatasetSpec("cifar10", "image", 10, channels=3, size=32, mean=(0.4914, 0.4822, 0.4465),
                 std=(0.2023, 0.1994, 0.2010), pad=4, flip=True, classes=CIFAR10_CLASSES,
-                files=_CIFAR10_FILES, loader=_load_cifar10),
+                files=_CIFAR10_FILES, loader=_load_cifar10, source="torchvision CIFAR-10 files",
+                preset=dict(_SGD, epochs=220, lr_steps=(140, 180), lam=5.0, rampup=100, labeler="knn")),
     DatasetSpec("cifar100-20", "image", 20, channels=3, size=32, mean=(0.5071, 0.4865, 0.4409),
                 std=(0.2673, 0.2564, 0.2762), pad=4, flip=True, classes=CIFAR100_20_CLASSES,
-                files=_CIFAR100_FILES, loader=_load_cifar100_20),
+                files=_CIFAR100_FILES, loader=_load_cifar100_20, source="torchvision CIFAR-100 files, coarse labels",
+                preset=dict(_SGD, epochs=200, lr_steps=(170,), lam=25.0, rampup=150, labeler="knn")),
     DatasetSpec("stl10", "image", 10, channels=3, size=96, mean=(0.4467, 0.4398, 0.4066),
                 std=(0.2603, 0.2566, 0.2713), pad=12, flip=True, classes=STL10_CLASSES,
-                files=_STL10_FILES, loader=_load_stl10),
+                files=_STL10_FILES, loader=_load_stl10, source="torchvision STL-10 files",
+                preset=dict(_SGD, epochs=200, lr_steps=(140, 180), lam=5.0, rampup=50, labeler="sne")),
     DatasetSpec("reuters10k", "vector", 4, size=2000, splits=("all",), classes=REUTERS_CLASSES,
-                files=("reutersidf10k.npy",), loader=_load_reuters10k),
-]}
+                files=("reutersidf10k.npy",), loader=_load_reuters10k, source="DEC's reutersidf10k file",
+                preset=dict(optimizer="adam", epochs=75, lr_steps=(), lr=0.001, lam=25.0, rampup=100, labeler="knn",
+                            pretrain="none", freeze_from=0, mixing="none", weight_decay=0.0)),
+]:
+    register_dataset(_spec)
 
 
 def get_spec(name: str) -> DatasetSpec:
@@ -336,8 +391,10 @@ def load(name: str, root: str | None = None, split: str = "all", download: bool 
     spec = get_spec(name)
     if split not in spec.splits:
         raise DatasetError(f"split: {name!r} offers {', '.join(spec.splits)}, got {split!r}")
+    lossy = False
     if spec.loader is None:
         x, y = _load_npz(name)
+        source = f"user .npz file {os.path.abspath(name)}"
     else:
         root = os.path.abspath(os.path.expanduser(root or "data"))
         check_available(name, root, download)
@@ -346,9 +403,39 @@ def load(name: str, root: str | None = None, split: str = "all", download: bool 
             x, y = spec.loader(root, split, download)
         except RuntimeError as e:  # torchvision: "Dataset not found or corrupted."
             raise DatasetError(f"dataset {name!r} under {root!r}: {e} (expected {', '.join(files)})") from e
+        source = spec.source or name
+        if name == "cifar10" and not os.path.exists(os.path.join(root, _CIFAR10_FILES[0])):
+            source, lossy = "decoded JPEG copy of CIFAR-10 (lossy): " + ", ".join(_CIFAR10_NPZ), True
+        elif spec.files:
+            source += f" under {root}"
     if spec.is_image and (x.dtype != np.uint8 or x.ndim != 4):
         raise DatasetError(f"dataset {name!r}: images must be uint8 N x H x W x C, got {x.dtype} {x.shape}")
-    return Dataset(name=name, x=x, y=y, num_clusters=spec.num_clusters, spec=spec, split=split)
+    return Dataset(name=name, x=x, y=y, num_clusters=spec.num_clusters, spec=spec, split=split, source=source,
+                   lossy=lossy)
+
+
+_FINGERPRINTS: dict[tuple, str] = {}
+
+
+def fingerprint(name: str, root: str | None = None, split: str = "all", download: bool = False) -> str:
+    """The fingerprint of a dataset's ``split`` (loading it once per process and file version)."""
+    spec = get_spec(name)
+    root_abs = os.path.abspath(os.path.expanduser(root or "data"))
+    files = [name] if spec.loader is None else [os.path.join(root_abs, f) for f in spec.files]
+    if name == "cifar10":
+        files += [os.path.join(root_abs, f) for f in _CIFAR10_NPZ]
+    stamp = tuple((f, st.st_mtime_ns, st.st_size) for f in files for st in [_stat(f)] if st is not None)
+    key = (name, root_abs, split, stamp)
+    if key not in _FINGERPRINTS:
+        _FINGERPRINTS[key] = load(name, root, split, download).fingerprint
+    return _FINGERPRINTS[key]
+
+
+def _stat(path: str):
+    try:
+        return os.stat(path)
+    except OSError:
+        return None
 
 
 __all__ = ["CIFAR100_COARSE", "DATASETS", "Dataset", "DatasetError", "DatasetSpec", "check_available", "get_spec", "load",

@@ -8,10 +8,14 @@ mixed view's index i, columns: the clean view's index j) into the mixed target T
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
-
 import numpy as np
 import torch
+
+from .registry import MIXINGS as REGISTRY, Param
+
+MIX_BETA = Param("mix_beta", float, lo=0.0, lo_open=True, default=0.3, arg="beta", help="Beta(beta, beta) of the mixing draws")
+RICAP_TARGET = Param("ricap_target", str, choices=("reference", "corrected"), default="reference", arg="target",
+                     help="reference: the authors' code (permutes the clean index); corrected: the mosaic's content")
 
 
 @dataclass
@@ -21,13 +25,16 @@ class MixPlan:
     kind: str
     weights: list[float]
     perms: list[torch.Tensor | None]
+    target: str = "reference"       # RICAP's target rule (see mix_target)
 
 
 def _perm(b: int, rng: np.random.Generator, device) -> torch.Tensor:
     return torch.from_numpy(rng.permutation(b)).to(device, non_blocking=True)
 
 
-def ricap(x_bar: torch.Tensor, x_bar2: torch.Tensor, rng: np.random.Generator, beta: float = 0.3):
+@REGISTRY.register("ricap", label="RICAP", params=[RICAP_TARGET, MIX_BETA], needs_images=True)
+def ricap(x_bar: torch.Tensor, x_bar2: torch.Tensor, rng: np.random.Generator, beta: float = 0.3,
+          target: str = "reference"):
     """RICAP with the reference code's semantics.
 
     Once per batch: w = round(H * Beta(beta, beta)) (the size along dim 2) and
@@ -53,9 +60,10 @@ def ricap(x_bar: torch.Tensor, x_bar2: torch.Tensor, rng: np.random.Generator, b
             dst[:, :, r0:r0 + sw, c0:c0 + sh] = patch if perm is None else patch[perm]
         weights.append(sw * sh / (hh * ww))
         perms.append(perm)
-    return out1, out2, MixPlan("ricap", weights, perms)
+    return out1, out2, MixPlan("ricap", weights, perms, target)
 
 
+@REGISTRY.register("mixup", label="MixUp", params=[MIX_BETA], implies={"weight_decay": 1e-4})
 def mixup(x_bar: torch.Tensor, x_bar2: torch.Tensor, rng: np.random.Generator, beta: float = 0.3):
     """MixUp: lam ~ Beta(beta, beta) and one permutation per batch, shared by both views:
     x <- lam x + (1 - lam) x[perm]. Works on images and vectors."""
@@ -66,14 +74,14 @@ def mixup(x_bar: torch.Tensor, x_bar2: torch.Tensor, rng: np.random.Generator, b
     return out1, out2, MixPlan("mixup", [lam, 1.0 - lam], [None, perm])
 
 
+@REGISTRY.register("none", label="none")
 def no_mix(x_bar: torch.Tensor, x_bar2: torch.Tensor, rng: np.random.Generator, beta: float = 0.3):
     return x_bar, x_bar2, MixPlan("none", [1.0], [None])
 
 
-MIXINGS: dict[str, Callable] = {"ricap": ricap, "mixup": mixup, "none": no_mix}
 
 
-def mix_target(s: torch.Tensor, plan: MixPlan, ricap_target: str = "reference") -> torch.Tensor:
+def mix_target(s: torch.Tensor, plan: MixPlan, ricap_target: str | None = None) -> torch.Tensor:
     """The mixed pairwise target T (B x B) for (mixed view i, clean view j).
 
     - RICAP ``reference`` (the authors' code): T_ij = sum_k W_k S[i, pi_k(j)], i.e. it
@@ -84,6 +92,7 @@ def mix_target(s: torch.Tensor, plan: MixPlan, ricap_target: str = "reference") 
     """
     if plan.kind == "none":
         return s
+    ricap_target = ricap_target or plan.target
     by_column = plan.kind == "ricap" and ricap_target == "reference"
     if plan.kind == "ricap" and ricap_target not in ("reference", "corrected"):
         raise ValueError(f"ricap_target: unknown {ricap_target!r}; allowed: reference, corrected")
@@ -96,3 +105,11 @@ def mix_target(s: torch.Tensor, plan: MixPlan, ricap_target: str = "reference") 
         else:
             t = t + w * (s[:, perm] if by_column else s[perm, :])
     return t
+
+
+def from_config(cfg):
+    """The mixing a :class:`~lsdc.config.TrialConfig` names, with its parameters bound:
+    ``(x_bar, x_bar2, rng) -> (mixed, mixed2, MixPlan)``."""
+    entry = REGISTRY.get(cfg.mixing)
+    kwargs = {p.kwarg: cfg.param(p.name) for p in entry.params}
+    return lambda a, b, rng: entry.fn(a, b, rng, **kwargs)

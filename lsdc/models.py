@@ -16,6 +16,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .registry import HEADS, RegistryError
+
 
 class CheckpointError(ValueError):
     """A checkpoint that does not match the model; the message names the keys."""
@@ -118,14 +120,26 @@ class MLPBackbone(nn.Module):
         return self.run_blocks(x, 0, len(self.layers))
 
 
+@HEADS.register("linear", label="linear")
+def linear_head(feat_dim: int, num_out: int) -> nn.Module:
+    """Linear(D, C): the paper's head."""
+    return nn.Linear(feat_dim, num_out)
+
+
+@HEADS.register("mlp", label="non-linear")
+def mlp_head(feat_dim: int, num_out: int) -> nn.Module:
+    """Linear(D, D) - BatchNorm - ReLU - Linear(D, C): Table 2's non-linear head."""
+    return nn.Sequential(nn.Linear(feat_dim, feat_dim), nn.BatchNorm1d(feat_dim), nn.ReLU(),
+                         nn.Linear(feat_dim, num_out))
+
+
 def make_head(kind: str, feat_dim: int, num_out: int) -> nn.Module:
-    """``linear``: Linear(D, C). ``mlp``: Linear(D, D) - BatchNorm - ReLU - Linear(D, C)."""
-    if kind == "linear":
-        return nn.Linear(feat_dim, num_out)
-    if kind == "mlp":
-        return nn.Sequential(nn.Linear(feat_dim, feat_dim), nn.BatchNorm1d(feat_dim), nn.ReLU(),
-                             nn.Linear(feat_dim, num_out))
-    raise ValueError(f"head: unknown {kind!r}; allowed: linear, mlp")
+    """The registered head ``kind`` (see :data:`lsdc.registry.HEADS`)."""
+    try:
+        entry = HEADS.get(kind)
+    except RegistryError as e:
+        raise ValueError(str(e)) from None
+    return entry.fn(feat_dim, num_out)
 
 
 def make_backbone(arch: str, in_channels_or_dim: int, width: float = 1.0, shortcut: str = "free") -> nn.Module:

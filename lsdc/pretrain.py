@@ -26,6 +26,7 @@ from .augment import Augmenter
 from .config import Env, TrialConfig
 from .losses import moco_infonce, nt_xent
 from .models import CheckpointError, load_error_reason, load_strict, make_backbone
+from .registry import PRETRAINS, Param
 from .runtime import autocast, configure, resolve_device, resolve_precision
 
 Log = Callable[[str], None]
@@ -39,23 +40,25 @@ CONTRASTIVE = dict(lr_per_256=0.06, momentum=0.9, weight_decay=5e-4, proj_dim=12
                    moco_key_splits=4)
 
 
-def backbone_identity(cfg: TrialConfig) -> dict:
-    """Every field that determines a pretrained backbone."""
+def backbone_identity(cfg: TrialConfig, fingerprint: str | None) -> dict:
+    """Every field that determines a pretrained backbone, and the fingerprint of the data it
+    was pretrained on (a changed file means a new backbone)."""
     spec = cfg.spec
-    return {"dataset": cfg.dataset, "split": cfg.split, "method": cfg.pretrain, "epochs": cfg.pretrain_epochs,
-            "seed": cfg.pretrain_seed, "batch_size": cfg.pretrain_batch_size, "augment": cfg.pretrain_augment,
-            "arch": cfg.arch, "width": cfg.width, "shortcut": cfg.shortcut,
-            "in": spec.channels if spec.is_image else spec.size}
+    ident = {"dataset": cfg.dataset, "split": cfg.split, "method": cfg.pretrain, "arch": cfg.arch, "width": cfg.width,
+             "shortcut": cfg.shortcut, "in": spec.channels if spec.is_image else spec.size, "data": fingerprint}
+    ident.update({p.name: cfg.param(p.name) for p in PRETRAINS.get(cfg.pretrain).params})
+    return ident
 
 
-def backbone_key(cfg: TrialConfig) -> str:
-    blob = json.dumps(backbone_identity(cfg), sort_keys=True)
+def backbone_key(cfg: TrialConfig, fingerprint: str | None) -> str:
+    blob = json.dumps(backbone_identity(cfg, fingerprint), sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def backbone_path(cfg: TrialConfig, cache_dir: str) -> str:
+def backbone_path(cfg: TrialConfig, cache_dir: str, fingerprint: str | None) -> str:
     name = os.path.basename(cfg.dataset).replace(".npz", "")
-    return os.path.join(os.path.abspath(cache_dir), "backbones", f"{cfg.pretrain}-{name}-{backbone_key(cfg)}.pt")
+    return os.path.join(os.path.abspath(cache_dir), "backbones",
+                        f"{cfg.pretrain}-{name}-{backbone_key(cfg, fingerprint)}.pt")
 
 
 def _batches(n: int, bs: int, rng: np.random.Generator, device: torch.device):
@@ -76,18 +79,19 @@ def _save_atomic(obj, path: str) -> None:
             os.remove(tmp)
 
 
-def _sgd_setup(cfg: TrialConfig, params, steps_per_epoch: int):
-    if cfg.pretrain == "rotnet":
-        opt = torch.optim.SGD(params, lr=ROTNET["lr"], momentum=ROTNET["momentum"], nesterov=ROTNET["nesterov"],
-                              weight_decay=ROTNET["weight_decay"])
-        scale = cfg.pretrain_epochs / ROTNET["total"]
-        miles = sorted({max(1, round(m * scale)) for m in ROTNET["milestones"]})
-        sched = torch.optim.lr_scheduler.MultiStepLR(opt, [m * steps_per_epoch for m in miles], ROTNET["gamma"])
-    else:
-        lr = CONTRASTIVE["lr_per_256"] * cfg.pretrain_batch_size / 256
-        opt = torch.optim.SGD(params, lr=lr, momentum=CONTRASTIVE["momentum"],
-                              weight_decay=CONTRASTIVE["weight_decay"])
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.pretrain_epochs * steps_per_epoch)
+def _rotnet_optimizer(cfg: TrialConfig, params, steps_per_epoch: int):
+    opt = torch.optim.SGD(params, lr=ROTNET["lr"], momentum=ROTNET["momentum"], nesterov=ROTNET["nesterov"],
+                          weight_decay=ROTNET["weight_decay"])
+    scale = cfg.pretrain_epochs / ROTNET["total"]
+    miles = sorted({max(1, round(m * scale)) for m in ROTNET["milestones"]})
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, [m * steps_per_epoch for m in miles], ROTNET["gamma"])
+    return opt, sched
+
+
+def _contrastive_optimizer(cfg: TrialConfig, params, steps_per_epoch: int):
+    lr = CONTRASTIVE["lr_per_256"] * cfg.pretrain_batch_size / 256
+    opt = torch.optim.SGD(params, lr=lr, momentum=CONTRASTIVE["momentum"], weight_decay=CONTRASTIVE["weight_decay"])
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.pretrain_epochs * steps_per_epoch)
     return opt, sched
 
 
@@ -136,64 +140,134 @@ class _Projector(nn.Module):
         return self.net(x)
 
 
+# --------------------------------------------------------------------- the methods
+# A pretraining method is a class registered in lsdc.registry.PRETRAINS. It is built with
+# (cfg, backbone, ctx) where ctx holds the device, precision, augmenter and random streams,
+# exposes ``net`` (the module whose parameters are trained; its first child is the backbone)
+# and ``optimizer(cfg, steps_per_epoch)``, and computes ``loss(xb) -> (loss, hits or None)``
+# on a batch of raw uint8 samples. ``summary(hits, seen)`` adds to the epoch's log line.
+_PRETRAIN_PARAMS = [
+    Param("pretrain_epochs", int, lo=1, default=200, help="epochs of self-supervised pretraining"),
+    Param("pretrain_seed", int, lo=0, default=0, help="seed of the pretraining"),
+    Param("pretrain_batch_size", int, lo=2, default=128, help="images per pretraining step"),
+    Param("pretrain_augment", str, choices=("standard", "strong"), default="standard",
+          help="standard: crop + flip (Table 4: the same for all methods); strong: SimCLR's"),
+]
+
+
+class _Context:
+    def __init__(self, device, precision, aug, gen, rng, n):
+        self.device, self.precision, self.aug, self.gen, self.rng, self.n = device, precision, aug, gen, rng, n
+
+
+@PRETRAINS.register("rotnet", label="RotNet", params=_PRETRAIN_PARAMS, needs_images=True)
+class RotNet:
+    """RotNet (Gidaris et al.): predict which of 4 rotations an image shows."""
+
+    def __init__(self, cfg: TrialConfig, backbone: nn.Module, ctx: _Context):
+        self.cfg, self.ctx = cfg, ctx
+        self.net = nn.Sequential(backbone, nn.Linear(backbone.feat_dim, 4))
+
+    def optimizer(self, cfg: TrialConfig, steps_per_epoch: int):
+        return _rotnet_optimizer(cfg, self.net.parameters(), steps_per_epoch)
+
+    def loss(self, xb: torch.Tensor):
+        return rotnet_loss(self.net, _views(self.ctx.aug, self.cfg, xb, self.ctx.gen), self.ctx.precision)
+
+    @staticmethod
+    def summary(hits: float, seen: int) -> str:
+        return f"  rot-acc {hits / (4 * seen):.3f}"
+
+
+@PRETRAINS.register("simclr", label="SimCLR", params=_PRETRAIN_PARAMS, needs_images=True)
+class SimCLR:
+    """SimCLR: NT-Xent between two views through a 2-layer projection head."""
+
+    def __init__(self, cfg: TrialConfig, backbone: nn.Module, ctx: _Context):
+        self.cfg, self.ctx = cfg, ctx
+        self.net = nn.Sequential(backbone, _Projector(backbone.feat_dim, CONTRASTIVE["proj_dim"]))
+
+    def optimizer(self, cfg: TrialConfig, steps_per_epoch: int):
+        return _contrastive_optimizer(cfg, self.net.parameters(), steps_per_epoch)
+
+    def loss(self, xb: torch.Tensor):
+        ctx = self.ctx
+        v = torch.cat([_views(ctx.aug, self.cfg, xb, ctx.gen), _views(ctx.aug, self.cfg, xb, ctx.gen)])
+        with autocast(ctx.device, ctx.precision):
+            z = self.net(v)
+        return nt_xent(z[:len(xb)], z[len(xb):], CONTRASTIVE["simclr_temperature"]), None
+
+    summary = None
+
+
+@PRETRAINS.register("moco", label="MoCo v2", params=_PRETRAIN_PARAMS, needs_images=True)
+class MoCo:
+    """MoCo v2: InfoNCE against a queue of keys from a momentum encoder (MLP head)."""
+
+    def __init__(self, cfg: TrialConfig, backbone: nn.Module, ctx: _Context):
+        self.cfg, self.ctx = cfg, ctx
+        self.net = nn.Sequential(backbone, _Projector(backbone.feat_dim, CONTRASTIVE["proj_dim"]))
+        self.key_net = copy.deepcopy(self.net)
+        for p in self.key_net.parameters():
+            p.requires_grad_(False)
+        self.queue = MoCoQueue(min(CONTRASTIVE["moco_queue"], ctx.n), CONTRASTIVE["proj_dim"], ctx.device, ctx.gen)
+
+    def optimizer(self, cfg: TrialConfig, steps_per_epoch: int):
+        self.key_net.to(self.ctx.device, memory_format=torch.channels_last)
+        return _contrastive_optimizer(cfg, self.net.parameters(), steps_per_epoch)
+
+    def loss(self, xb: torch.Tensor):
+        ctx = self.ctx
+        vq, vk = _views(ctx.aug, self.cfg, xb, ctx.gen), _views(ctx.aug, self.cfg, xb, ctx.gen)
+        with autocast(ctx.device, ctx.precision):
+            q = self.net(vq)
+        with torch.no_grad():
+            momentum_update(self.key_net, self.net, CONTRASTIVE["moco_momentum"])
+            # single-device stand-in for shuffling BN: keys shuffled, forwarded in sub-batches
+            shuffle = torch.from_numpy(ctx.rng.permutation(len(xb))).to(ctx.device)
+            with autocast(ctx.device, ctx.precision):
+                k = torch.cat([self.key_net(c) for c in vk[shuffle].chunk(CONTRASTIVE["moco_key_splits"])])
+            k = F.normalize(k.float(), dim=1)[torch.argsort(shuffle)]
+        loss = moco_infonce(q, k, self.queue.keys.clone(), CONTRASTIVE["moco_temperature"])
+        self.queue.enqueue(k)
+        return loss, None
+
+    summary = None
+
+
+@PRETRAINS.register("none", label="none (random init)")
+class NoPretraining:
+    """No pretraining: the backbone starts from its random initialisation."""
+
+
 def pretrain_backbone(cfg: TrialConfig, ds: data_mod.Dataset, log: Log = print) -> tuple[dict, dict]:
-    """Train a backbone with ``cfg.pretrain``; returns (backbone state_dict on CPU, stats)."""
+    """Train a backbone with the registered method ``cfg.pretrain``; returns (backbone
+    state_dict on CPU, stats)."""
     device = resolve_device(cfg.device)
     configure(device)
     precision = resolve_precision(cfg.precision, device)
     torch.manual_seed(cfg.pretrain_seed)
     rng = np.random.default_rng(cfg.pretrain_seed)
     gen = torch.Generator(device=device).manual_seed(cfg.pretrain_seed)
-    spec = ds.spec
-    backbone = make_backbone(cfg.arch, spec.channels, cfg.width, cfg.shortcut)
-    d = backbone.feat_dim
-    method = cfg.pretrain
-    if method == "rotnet":
-        head: nn.Module = nn.Linear(d, 4)
-    else:
-        head = _Projector(d, CONTRASTIVE["proj_dim"])
-    net = nn.Sequential(backbone, head).to(device, memory_format=torch.channels_last)
+    backbone = make_backbone(cfg.arch, ds.spec.channels, cfg.width, cfg.shortcut)
+    ctx = _Context(device, precision, Augmenter(ds.spec, device), gen, rng, len(ds))
+    method = PRETRAINS.get(cfg.pretrain).fn(cfg, backbone, ctx)
+    net = method.net.to(device, memory_format=torch.channels_last)
     x = torch.from_numpy(ds.x).to(device)
-    aug = Augmenter(spec, device)
     bs = min(cfg.pretrain_batch_size, len(ds))
     steps = len(ds) // bs
-    opt, sched = _sgd_setup(cfg, net.parameters(), steps)
-    key_net = queue = None
-    if method == "moco":
-        key_net = copy.deepcopy(net)
-        for p in key_net.parameters():
-            p.requires_grad_(False)
-        queue = MoCoQueue(min(CONTRASTIVE["moco_queue"], len(ds)), CONTRASTIVE["proj_dim"], device, gen)
+    opt, sched = method.optimizer(cfg, steps)
     t_start = time.perf_counter()
     loss_avg = float("nan")
     for epoch in range(cfg.pretrain_epochs):
         t0 = time.perf_counter()
         net.train()
         total = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device)
+        hits = torch.zeros((), device=device)
         for idx in _batches(len(ds), bs, rng, device):
-            xb = x[idx]
-            if method == "rotnet":
-                loss, hits = rotnet_loss(net, _views(aug, cfg, xb, gen), precision)
-                correct += hits
-            elif method == "simclr":
-                v = torch.cat([_views(aug, cfg, xb, gen), _views(aug, cfg, xb, gen)])
-                with autocast(device, precision):
-                    z = net(v)
-                loss = nt_xent(z[:len(idx)], z[len(idx):], CONTRASTIVE["simclr_temperature"])
-            else:  # moco v2
-                vq, vk = _views(aug, cfg, xb, gen), _views(aug, cfg, xb, gen)
-                with autocast(device, precision):
-                    q = net(vq)
-                with torch.no_grad():
-                    momentum_update(key_net, net, CONTRASTIVE["moco_momentum"])
-                    # single-device stand-in for shuffling BN: keys shuffled, forwarded in sub-batches
-                    shuffle = torch.from_numpy(rng.permutation(len(idx))).to(device)
-                    with autocast(device, precision):
-                        k = torch.cat([key_net(c) for c in vk[shuffle].chunk(CONTRASTIVE["moco_key_splits"])])
-                    k = F.normalize(k.float(), dim=1)[torch.argsort(shuffle)]
-                loss = moco_infonce(q, k, queue.keys.clone(), CONTRASTIVE["moco_temperature"])
-                queue.enqueue(k)
+            loss, h = method.loss(x[idx])
+            if h is not None:
+                hits += h
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -201,32 +275,47 @@ def pretrain_backbone(cfg: TrialConfig, ds: data_mod.Dataset, log: Log = print) 
             total += loss.detach()
         loss_avg = float(total) / max(steps, 1)
         if not np.isfinite(loss_avg):
-            raise RuntimeError(f"{method} pretraining diverged at epoch {epoch + 1} (loss {loss_avg})")
-        extra = f"  rot-acc {float(correct) / (4 * steps * bs):.3f}" if method == "rotnet" else ""
-        log(f"[pretrain {method}] epoch {epoch + 1}/{cfg.pretrain_epochs}  loss {loss_avg:.4f}{extra}  "
+            raise RuntimeError(f"{cfg.pretrain} pretraining diverged at epoch {epoch + 1} (loss {loss_avg})")
+        extra = method.summary(float(hits), steps * bs) if method.summary else ""
+        log(f"[pretrain {cfg.pretrain}] epoch {epoch + 1}/{cfg.pretrain_epochs}  loss {loss_avg:.4f}{extra}  "
             f"{time.perf_counter() - t0:.1f} s")
     stats = {"final_loss": loss_avg, "seconds": time.perf_counter() - t_start, "device": str(device),
              "precision": precision}
     return {k: v.detach().cpu() for k, v in backbone.state_dict().items()}, stats
 
 
-def ensure_backbone(cfg: TrialConfig, env: Env, ds: data_mod.Dataset | None = None, log: Log = print) -> str | None:
-    """Path of the cached pretrained backbone of ``cfg``, pretraining it first if missing."""
+def pretrain_data(cfg: TrialConfig, env: Env) -> data_mod.Dataset:
+    """The images a backbone of ``cfg`` is pretrained on (the trial's split)."""
+    return data_mod.load(cfg.dataset, env.data_root, cfg.split, env.download)
+
+
+def ensure_backbone(cfg: TrialConfig, env: Env, ds: data_mod.Dataset | None = None, log: Log = print,
+                    fingerprint: str | None = None) -> str | None:
+    """Path of the cached pretrained backbone of ``cfg``, pretraining it first if missing.
+    ``fingerprint`` (of the pretraining data) avoids loading the data when the file exists."""
     if cfg.pretrain == "none":
         return None
-    path = backbone_path(cfg, env.cache_dir)
+    if ds is not None and (ds.split != cfg.split or ds.name != cfg.dataset):
+        ds = None
+    if fingerprint is None:
+        ds = ds or pretrain_data(cfg, env)
+        fingerprint = ds.fingerprint
+    path = backbone_path(cfg, env.cache_dir, fingerprint)
     if os.path.exists(path):
         return path
-    if ds is None:
-        ds = data_mod.load(cfg.dataset, env.data_root, cfg.split, env.download)
+    ds = ds or pretrain_data(cfg, env)
+    if ds.fingerprint != fingerprint:
+        raise data_mod.DatasetError(f"dataset {cfg.dataset!r} changed while the study ran (fingerprint "
+                                    f"{ds.fingerprint}, planned {fingerprint}); run the study again")
     log(f"[pretrain {cfg.pretrain}] no cached backbone at {path}: training one")
     state, stats = pretrain_backbone(cfg, ds, log)
-    _save_atomic({"state_dict": state, "meta": {**backbone_identity(cfg), **stats}}, path)
+    _save_atomic({"state_dict": state, "meta": {**backbone_identity(cfg, fingerprint), **stats}}, path)
     log(f"[pretrain {cfg.pretrain}] saved {path} ({stats['seconds']:.1f} s)")
     return path
 
 
-def load_backbone(backbone: nn.Module, path: str, cfg: TrialConfig | None = None) -> dict:
+def load_backbone(backbone: nn.Module, path: str, cfg: TrialConfig | None = None,
+                  fingerprint: str | None = None) -> dict:
     """Load a cached backbone strictly (``weights_only=True``); returns its metadata."""
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
@@ -237,7 +326,7 @@ def load_backbone(backbone: nn.Module, path: str, cfg: TrialConfig | None = None
         raise CheckpointError(f"backbone checkpoint {path}: expected a dict with 'state_dict' and 'meta'")
     meta = blob.get("meta", {})
     if cfg is not None:
-        want = backbone_identity(cfg)
+        want = backbone_identity(cfg, fingerprint if fingerprint is not None else meta.get("data"))
         diff = sorted(k for k in want if meta.get(k) != want[k])
         if diff:
             raise CheckpointError(f"backbone checkpoint {path} was trained for another setting "
@@ -284,6 +373,7 @@ def kmeans_baseline(cfg: TrialConfig, env: Env, ds: data_mod.Dataset | None = No
     pred = KMeans(n_clusters=ds.num_clusters, n_init=n_init, random_state=cfg.seed).fit_predict(feats)
     res = scores(ds.y, pred)
     res["seconds"] = time.perf_counter() - t0
+    res["data"] = ds.provenance()
     log(f"[k-means on {cfg.pretrain} features] acc {res['acc']:.4f}  nmi {res['nmi']:.4f}  ari {res['ari']:.4f}")
     return res
 

@@ -10,21 +10,36 @@ import datetime as _dt
 import json
 from typing import Any, Iterable
 
-from .runtime import git_commit, hardware, versions
+from . import keys
+from .provenance import git_commit, hardware, versions
 from .storage import Storage
 
-SCHEMA = 1
+SCHEMA = 2          # record format; schema 1 = lsdc 0.1 (key scheme 1, no data fingerprint)
 FINAL_KEYS = ("acc", "nmi", "ari", "confident_frac", "confident_acc", "loss")
+NOT_FINGERPRINTED = "data not fingerprinted"
 
 
 def record_path(study: str, key: str) -> str:
     return f"{study}/records/{key}.json"
 
 
-def trial_record(*, study: str, variant: str, row: str, cfg, history: list[dict], status: str,
-                 confusion: dict | None, device, precision: str, setup_s: float, backbone: dict | None,
+def _lsdc_version() -> str:
+    from . import __version__
+    return __version__
+
+
+def _common(*, kind: str, study: str, variant: str, row: str, key: str, cfg, data: dict, device) -> dict[str, Any]:
+    return {"schema": SCHEMA, "key_scheme": keys.SCHEME, "kind": kind, "study": study, "variant": variant,
+            "row": row, "key": key, "dataset": cfg.dataset, "seed": cfg.seed, "config": cfg.to_dict(),
+            "effective": keys.kmeans_effective(cfg) if kind == "kmeans" else keys.effective(cfg), "data": data, "precision": cfg.precision,
+            "lsdc_version": _lsdc_version(), "device": str(device)}
+
+
+def trial_record(*, study: str, variant: str, row: str, key: str, cfg, data: dict, history: list[dict], status: str,
+                 confusion: dict | None, device, setup_s: float, backbone: dict | None,
                  restarts: int = 0) -> dict[str, Any]:
-    """The record of a finished (or diverged) clustering trial."""
+    """The record of a finished (or diverged) clustering trial. ``cfg`` has its precision
+    resolved; ``data`` is the provenance of the data trained on (fingerprint, source, ...)."""
     last = history[-1] if history else {}
     evaluated = [h for h in history if "acc" in h]
     final = {k: evaluated[-1].get(k) for k in FINAL_KEYS} if evaluated else {}
@@ -33,71 +48,110 @@ def trial_record(*, study: str, variant: str, row: str, cfg, history: list[dict]
     train_s = sum(h.get("train_s", 0.0) for h in history)
     seen = sum(h.get("images_per_s", 0.0) * h.get("train_s", 0.0) for h in history)
     return {
-        "schema": SCHEMA, "kind": "trial", "study": study, "variant": variant, "row": row,
-        "key": cfg.key(), "dataset": cfg.dataset, "seed": cfg.seed, "config": cfg.to_dict(),
+        **_common(kind="trial", study=study, variant=variant, row=row, key=key, cfg=cfg, data=data, device=device),
         "status": status, "diverged_epoch": last.get("epoch") if status == "diverged" else None,
         "epochs_done": len(history), "final": final, "history": history, "confusion": confusion,
         "wall_s": setup_s + sum(h.get("epoch_s", 0.0) for h in history), "setup_s": setup_s,
         "train_s": train_s, "images_per_s": seen / train_s if train_s > 0 else None,
-        "device": str(device), "precision": precision, "restarts": restarts, "backbone": backbone,
+        "restarts": restarts, "backbone": backbone,
         "hardware": hardware(device), "versions": versions(), "git_commit": git_commit(),
         "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
 
 
-def kmeans_record(*, study: str, variant: str, row: str, cfg, result: dict, device) -> dict[str, Any]:
+def kmeans_record(*, study: str, variant: str, row: str, key: str, cfg, result: dict, device) -> dict[str, Any]:
     """The record of a k-means baseline on a pretrained backbone's features."""
     return {
-        "schema": SCHEMA, "kind": "kmeans", "study": study, "variant": variant, "row": row,
-        "key": cfg.key(), "dataset": cfg.dataset, "seed": cfg.seed, "config": cfg.to_dict(),
+        **_common(kind="kmeans", study=study, variant=variant, row=row, key=key, cfg=cfg,
+                  data=result.get("data") or {}, device=device),
         "status": "finished", "diverged_epoch": None, "epochs_done": 0,
         "final": {k: result.get(k) for k in ("acc", "nmi", "ari")}, "history": [], "confusion": None,
-        "wall_s": result.get("seconds"), "images_per_s": None, "device": str(device),
+        "wall_s": result.get("seconds"), "images_per_s": None,
         "hardware": hardware(device), "versions": versions(), "git_commit": git_commit(),
         "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def content_key(rec: dict) -> str:
+    """The key a record's own content hashes to, under the key scheme it was written with
+    (its ``schema`` field says which). Raises ValueError if it cannot be computed."""
+    prefix = "km-" if rec.get("kind") == "kmeans" else ""
+    if rec.get("schema") == 1:
+        return prefix + keys.legacy_v1_key(rec["config"])
+    if rec.get("schema") == 2:
+        eff, fp = rec.get("effective"), (rec.get("data") or {}).get("fingerprint")
+        if not isinstance(eff, dict):
+            raise ValueError("no effective configuration")
+        cfg = rec.get("config") or {}
+        extra = cfg.get("extra") or {}
+        for k, v in eff.items():   # the effective configuration must be the config's own
+            if (cfg[k] if k in cfg else extra.get(k, v)) != v:
+                raise ValueError(f"effective {k} differs from the config's")
+        return keys.key_of(eff, fp, kmeans=bool(prefix))
+    raise ValueError(f"unknown record schema {rec.get('schema')!r}")
 
 
 def finished_keys(storage: Storage, study: str) -> set[str]:
     return {name[:-5] for name in storage.list(f"{study}/records", ".json")}
 
 
+def _check(rec: Any, key: str) -> dict:
+    if not isinstance(rec, dict) or rec.get("schema") not in (1, SCHEMA) or not isinstance(rec.get("config"), dict) \
+            or rec.get("status") not in ("finished", "diverged"):
+        raise ValueError("not an lsdc record")
+    if content_key(rec) != key:
+        raise ValueError("its content does not hash to its file name")
+    if rec.get("schema") == 1:
+        rec = dict(rec, data={"fingerprint": None, "source": NOT_FINGERPRINTED})
+    return rec
+
+
 def read_records(storage: Storage, studies: Iterable[str] | None = None) -> tuple[list[dict], list[str]]:
-    """All readable records (of the given studies, or all), and the paths of unreadable ones."""
+    """All readable, verified records (of the given studies, or all), and the paths of the
+    others. Records of schema 1 are read as they are, with ``data.fingerprint`` None."""
     good, bad = [], []
     for study in (studies if studies is not None else storage.list_dirs()):
         for name in storage.list(f"{study}/records", ".json"):
             rel = record_path(study, name[:-5])
             try:
-                rec = storage.read_json(rel)
-                if not isinstance(rec, dict) or rec.get("schema") != SCHEMA or "config" not in rec \
-                        or rec.get("status") not in ("finished", "diverged"):
-                    raise ValueError("not an lsdc record")
-                good.append(rec)
-            except (OSError, ValueError, json.JSONDecodeError, UnicodeDecodeError):
+                good.append(_check(storage.read_json(rel), name[:-5]))
+            except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError, UnicodeDecodeError):
                 bad.append(storage.uri_of(rel))
     return good, bad
 
 
+def done_keys(storage: Storage, study: str, planned: list) -> set[str]:
+    """The keys of ``planned`` that have a record in ``study``: under their key, or under
+    one of their lsdc 0.1 keys (a store written by lsdc 0.1 is recognised as it is)."""
+    have = finished_keys(storage, study)
+    return {p.key for p in planned if p.key in have or any(k in have for k in p.legacy_keys)}
+
+
 def reuse_records(storage: Storage, study: str, planned: list) -> int:
     """Copy into ``study`` the records that other studies already hold for the same trial
-    (same key = same full config and seed, e.g. Table 3's #3 and Table 5's 256 column);
-    returns how many were reused."""
-    have = finished_keys(storage, study)
-    wanted = {p.key: p for p in planned if p.key not in have}
+    (same key = same effective config, seed and data, e.g. Table 3's #3 and Table 5's 256
+    column; lsdc 0.1 records under their own key); returns how many were reused."""
+    done = done_keys(storage, study, planned)
+    wanted = {p.key: p for p in planned if p.key not in done}
     if not wanted:
         return 0
     n = 0
     for other in storage.list_dirs():
         if other == study or not wanted:
             continue
-        for key in finished_keys(storage, other) & set(wanted):
-            try:
-                rec = storage.read_json(record_path(other, key))
-            except (OSError, ValueError):
+        have = finished_keys(storage, other)
+        for key, p in list(wanted.items()):
+            found = next((k for k in [key, *p.legacy_keys] if k in have), None)
+            if found is None:
                 continue
-            p = wanted.pop(key)
+            try:
+                rec = _check(storage.read_json(record_path(other, found)), found)
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            if rec.get("schema") == 1:
+                rec = storage.read_json(record_path(other, found))   # copied as written, not annotated
+            del wanted[key]
             rec.update(study=study, variant=p.variant, row=p.row, reused_from=other)
-            storage.write_json(record_path(study, key), rec)
+            storage.write_json(record_path(study, found), rec)
             n += 1
     return n

@@ -2,14 +2,10 @@
 from __future__ import annotations
 
 import contextlib
-import os
-import platform
-import subprocess
-from importlib import metadata
 
 import torch
 
-from .config import ConfigError
+from .config import ConfigError, resolve_precision_name
 
 
 def resolve_device(name: str) -> torch.device:
@@ -34,9 +30,7 @@ def configure(device: torch.device) -> None:
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    if precision == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
-    return precision
+    return resolve_precision_name(precision, device.type)
 
 
 def autocast(device: torch.device, precision: str):
@@ -46,47 +40,4 @@ def autocast(device: torch.device, precision: str):
     return contextlib.nullcontext()
 
 
-def hardware(device: torch.device | None = None) -> dict:
-    info = {"machine": platform.machine(), "cpu": _cpu_name(), "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "node": platform.node()}
-    if device is not None and device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-        info["cuda"] = torch.version.cuda
-    info["device"] = str(device) if device is not None else None
-    return info
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def versions() -> dict:
-    out = {"python": platform.python_version()}
-    for pkg in ("lsdc", "torch", "torchvision", "numpy", "scipy", "scikit-learn", "ray", "optuna"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = None
-    return out
-
-
-def git_commit() -> str | None:
-    """The commit of the source tree lsdc runs from (with '+dirty' when it has changes)."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
-                             timeout=5).stdout.strip()
-        if not sha:
-            return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
-        return sha + ("+dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return None
+from .provenance import git_commit, hardware, versions  # noqa: E402,F401  (re-exported)

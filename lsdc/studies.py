@@ -2,8 +2,7 @@
 them and :mod:`lsdc.tables` renders them. Paper values are the supplement's ACC (%)."""
 from __future__ import annotations
 
-from .config import LABELER_PARAMS
-from .study import Study, Variant
+from .planning import Study, Variant
 
 C10, C100 = "cifar10", "cifar100-20"
 
@@ -18,13 +17,16 @@ BATCH_SIZE = Study(
     paper_note="two seeds, except 256: ten",
 )
 
-LABELER = Study(
-    name="labeler", title="Labelers: cosine / SNE / kNN pairwise labels",
-    description="Each labeler with its Table 1 parameters for the dataset (columns without them are skipped).",
-    variants=tuple(Variant(label, {"labeler": name}, requires=LABELER_PARAMS[name])
-                   for label, name in (("cosine", "cosine"), ("SNE", "sne"), ("kNN", "knn"))),
-    debug_variant=2,
-)
+def _labeler_study() -> Study:
+    """Every registered labeler with its preset parameters for the dataset (columns without
+    them are skipped): a new labeler joins this study by registering."""
+    from .registry import LABELERS
+    entries = LABELERS.entries()
+    return Study(
+        name="labeler", title="Labelers: " + " / ".join(e.display for e in entries) + " pairwise labels",
+        description="Each labeler with its Table 1 parameters for the dataset (columns without them are skipped).",
+        variants=tuple(Variant(e.display, {"labeler": e.name}, requires=e.param_names) for e in entries),
+        debug_variant=next((i for i, e in enumerate(entries) if e.name == "knn"), 0))
 
 LOSSES = Study(
     name="losses", title="Table 2: impact of the different losses",
@@ -88,7 +90,17 @@ SEEDS = Study(
     paper_note="Table 3/5's ten-seed row (SNE)",
 )
 
-STUDIES: dict[str, Study] = {s.name: s for s in (BATCH_SIZE, LABELER, LOSSES, BLOCK_DEPTH, PRETRAINING, MIXING, SEEDS)}
+ORDER = ("batch_size", "labeler", "losses", "block_depth", "pretraining", "mixing", "seeds")
+
+
+def __getattr__(name: str):
+    # the labeler study reads the labeler registry, which loads torch: built on first use
+    if name == "LABELER":
+        return _labeler_study()
+    if name == "STUDIES":
+        fixed = {s.name: s for s in (BATCH_SIZE, LOSSES, BLOCK_DEPTH, PRETRAINING, MIXING, SEEDS)}
+        return {n: fixed[n] if n in fixed else _labeler_study() for n in ORDER}
+    raise AttributeError(f"module 'lsdc.studies' has no attribute {name!r}")
 
 # Figure 1 of the supplement (CIFAR-10, kNN): confident samples (max probability > 0.9).
 FIGURE1_PAPER = {C10: {"confident_frac": 60.0, "confident_acc": 94.0}}

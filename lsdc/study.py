@@ -1,4 +1,5 @@
-"""Studies: a declaration of axes, the shared command line, planning, and the debug mode.
+"""The command line of every study script: shared flags, the debug mode, and hand-over to
+the runner.
 
 A study script is a few lines::
 
@@ -9,9 +10,10 @@ A study script is a few lines::
     if __name__ == "__main__":
         raise SystemExit(main(STUDY))
 
-:func:`main` parses the shared flags, validates every trial's config (and the storage, the
-datasets and cached checkpoints) before any compute, then either runs one trial in-process
-(``--debug``) or hands the plan to the Ray Tune adapter (:mod:`lsdc.harness`).
+:func:`main` parses the shared flags, plans and validates every trial (:mod:`lsdc.planning`:
+configs, the data's fingerprint, the storage and cached checkpoints) before any compute,
+then either runs one trial in-process (``--debug``) or hands the plan to the runner
+(:mod:`lsdc.runner`, which holds every Ray and Optuna call).
 """
 from __future__ import annotations
 
@@ -19,110 +21,16 @@ import argparse
 import os
 import sys
 import time
-from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Sequence
 
 from . import data as data_mod
-from .config import ConfigError, Env, TrialConfig, make_config, parse_override, preset
+from .config import ConfigError, Env, make_config, parse_override
 from .models import CheckpointError
+from .planning import Planned, Study, StudyArgs, StudyError, Variant, parse_seeds, plan  # noqa: F401 (API)
+from .registry import LABELERS, RegistryError, load_plugins
 from .storage import StorageError
 
-
-class StudyError(ValueError):
-    """A study that cannot run as asked; the message says what to change."""
-
-
-@dataclass(frozen=True)
-class Variant:
-    """One column (and optionally row) of a study's table."""
-    label: str
-    overrides: dict[str, Any] = field(default_factory=dict)
-    kind: str = "trial"                 # "trial": LSD-C clustering; "kmeans": k-means baseline
-    seeds: int | None = None            # default number of seeds (the paper's), else the study's
-    row: str = ""                       # for two-axis tables (Table 4): the row label
-    requires: tuple[str, ...] = ()      # preset fields that must exist for the dataset (Table 1 '-')
-
-
-@dataclass(frozen=True)
-class Study:
-    """A study: its table's columns (variants), what they share (base), and the paper's numbers.
-
-    ``paper[dataset][label]`` (or ``paper[dataset][(row, label)]`` for two-axis tables) is the
-    supplement's ACC in percent, as printed ("81.7±0.9")."""
-    name: str
-    title: str
-    variants: tuple[Variant, ...]
-    base: dict[str, Any] = field(default_factory=dict)
-    default_seeds: int = 2
-    debug_variant: int = 0
-    description: str = ""
-    paper: dict[str, dict[Any, str]] = field(default_factory=dict)
-    paper_note: str = ""
-
-    @property
-    def labels(self) -> list[str]:
-        return list(dict.fromkeys(v.label for v in self.variants))
-
-    @property
-    def rows(self) -> list[str]:
-        return list(dict.fromkeys(v.row for v in self.variants))
-
-
-@dataclass(frozen=True)
-class Planned:
-    """One unit of work of a study: a clustering trial or a k-means baseline."""
-    study: str
-    variant: str
-    row: str
-    kind: str
-    cfg: TrialConfig
-
-    @property
-    def key(self) -> str:
-        return ("km-" if self.kind == "kmeans" else "") + self.cfg.key()
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"study": self.study, "variant": self.variant, "row": self.row, "kind": self.kind,
-                "key": self.key, "trial": self.cfg.to_dict()}
-
-
-def parse_seeds(text: str | None) -> list[int] | None:
-    """``"0,1,2"`` or ``"0-9"`` (or a mix) -> explicit list; empty or duplicates are errors."""
-    if text is None:
-        return None
-    seeds: list[int] = []
-    for part in (p.strip() for p in text.replace(" ", ",").split(",")):
-        if not part:
-            continue
-        lo, _, hi = part.partition("-")
-        if not lo.isdigit() or (hi and not hi.isdigit()):
-            raise StudyError(f"--seeds: {part!r} is not a non-negative integer or a range like 0-9")
-        seeds.extend(range(int(lo), int(hi) + 1) if hi else [int(lo)])
-    if not seeds:
-        raise StudyError("--seeds: empty list; give e.g. --seeds 0,1,2 or --seeds 0-9")
-    dup = sorted({s for s in seeds if seeds.count(s) > 1})
-    if dup:
-        raise StudyError(f"--seeds: duplicate seed {dup[0]}; each seed may appear once")
-    return seeds
-
-
-def plan(study: Study, dataset: str, seeds: list[int] | None = None, overrides: dict[str, Any] | None = None,
-         notes: list[str] | None = None) -> list[Planned]:
-    """Every trial of ``study`` on ``dataset``, validated (ConfigError on the first bad one)."""
-    overrides = overrides or {}
-    known = preset(dataset)
-    out: list[Planned] = []
-    for v in study.variants:
-        if any(known.get(f) is None and f not in overrides and f not in v.overrides for f in v.requires):
-            if notes is not None:
-                notes.append(f"{v.label}: supplement Table 1 has no {'/'.join(v.requires)} for {dataset}; skipped")
-            continue
-        for seed in (seeds if seeds is not None else range(v.seeds or study.default_seeds)):
-            cfg = make_config(dataset, **{**study.base, **overrides, **v.overrides, "seed": seed})
-            out.append(Planned(study.name, v.label, v.row, v.kind, cfg))
-    if not out:
-        raise StudyError(f"study {study.name}: nothing to run on {dataset}")
-    return out
+ERRORS = (ConfigError, StudyError, StorageError, data_mod.DatasetError, CheckpointError, RegistryError)
 
 
 # ---------------------------------------------------------------------------- command line
@@ -154,25 +62,10 @@ def build_parser(study: Study) -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no live progress lines")
     p.add_argument("--dashboard", action="store_true", help="start Ray's dashboard with the local cluster, "
                    "bound to 127.0.0.1 only (off by default)")
+    p.add_argument("--plugin", dest="plugins", action="append", default=[], metavar="MODULE",
+                   help="import MODULE (which registers labelers, mixings, ...) here and in every Ray worker; "
+                        "also $LSDC_PLUGINS or the lsdc.plugins entry point")
     return p
-
-
-@dataclass
-class StudyArgs:
-    dataset: str
-    seeds: list[int] | None
-    overrides: dict[str, Any]
-    gpus_per_trial: float | None
-    cpus_per_trial: float
-    address: str | None
-    storage: str
-    env: Env
-    checkpoint_every: int | None
-    max_failures: int
-    resume: bool
-    debug: bool
-    quiet: bool
-    dashboard: bool = False
 
 
 def parse_args(study: Study, argv: Sequence[str] | None = None) -> StudyArgs:
@@ -181,6 +74,7 @@ def parse_args(study: Study, argv: Sequence[str] | None = None) -> StudyArgs:
 
 def study_args(a: argparse.Namespace) -> StudyArgs:
     """The shared flags, checked, from a namespace of :func:`build_parser` (or an extension of it)."""
+    load_plugins(a.plugins)
     overrides = dict(parse_override(o) for o in a.overrides)
     if a.epochs is not None:
         overrides["epochs"] = a.epochs
@@ -202,7 +96,7 @@ def study_args(a: argparse.Namespace) -> StudyArgs:
                      gpus_per_trial=a.gpus_per_trial, cpus_per_trial=a.cpus_per_trial,
                      address=a.address or os.environ.get("RAY_ADDRESS"), storage=storage, env=env,
                      checkpoint_every=a.checkpoint_every, max_failures=a.max_failures, resume=a.resume,
-                     debug=a.debug, quiet=a.quiet, dashboard=a.dashboard)
+                     debug=a.debug, quiet=a.quiet, dashboard=a.dashboard, plugins=tuple(a.plugins))
 
 
 DEBUG = dict(width=0.125, epochs=2, pretrain_epochs=2, device="cpu")
@@ -223,13 +117,28 @@ def run_debug(study: Study, args: StudyArgs) -> int:
         res = kmeans_baseline(cfg, args.env, log=print, n_init=2)
         print(f"[debug] k-means acc {res['acc']:.4f} in {time.perf_counter() - t0:.1f} s")
         return 0
-    trial = Trial(cfg, args.env, log=print)
+    trial = Trial.from_config(cfg, args.env, log=print)
     for m in trial:
         print(f"[debug] epoch {m['epoch']}/{cfg.epochs} loss {m['loss']:.4f} acc {m.get('acc', float('nan')):.4f} "
               f"({m['epoch_s']:.2f} s)", flush=True)
     print(f"[debug] done in {time.perf_counter() - t0:.1f} s: acc {trial.history[-1].get('acc', float('nan')):.4f}"
           f"{' (diverged)' if trial.diverged else ''}")
     return 1 if trial.diverged else 0
+
+
+def planned_device_type(args: StudyArgs) -> str:
+    """Where the trials will run, for resolving ``precision=auto`` at planning: CUDA when
+    GPUs are asked for (or, by default, when this machine has one), else CPU. For a cluster
+    given by --address without --gpus-per-trial, the runner checks the cluster's resources."""
+    if args.gpus_per_trial is not None:
+        return "cuda" if args.gpus_per_trial > 0 else "cpu"
+    if args.address:
+        return "cpu"
+    try:
+        import torch
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    except ImportError:
+        return "cpu"
 
 
 def main(study: Study, argv: Sequence[str] | None = None) -> int:
@@ -239,12 +148,12 @@ def main(study: Study, argv: Sequence[str] | None = None) -> int:
         if args.debug:
             return run_debug(study, args)
         notes: list[str] = []
-        planned = plan(study, args.dataset, args.seeds, args.overrides, notes)
+        planned = plan(study, args.dataset, args.seeds, args.overrides, notes, args.env, planned_device_type(args))
         for n in notes:
             print(f"note: {n}")
-        from . import harness  # Ray is imported only once the input is known to be valid
-        return harness.run_study(study, planned, args)
-    except (ConfigError, StudyError, StorageError, data_mod.DatasetError, CheckpointError) as e:
+        from .runner.orchestrate import run_study  # Ray is imported only once the input is known to be valid
+        return run_study(study, planned, args)
+    except ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
@@ -263,7 +172,7 @@ def search_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--objective", default="acc", choices=OBJECTIVES,
                         help="acc: uses the labels (benchmarks); label_free: augmentation stability x cluster "
                              "balance, usable without labels")
-    parser.add_argument("--labeler", choices=("cosine", "sne", "knn"), help="default: the dataset's preset")
+    parser.add_argument("--labeler", choices=LABELERS.names(), help="default: the dataset's preset")
     parser.add_argument("--max-concurrent", type=int, default=4, help="trials sampled ahead of their results")
     parser.add_argument("--sampler-seed", type=int, default=0, help="seed of the TPE sampler")
     parser.add_argument("--no-asha", action="store_true", help="run every trial to the end")
@@ -281,9 +190,9 @@ def search_main(argv: Sequence[str] | None = None) -> int:
             return run_debug(Study(name="search", title=SEARCH.title, variants=(Variant("search", over),)), args)
         seed = (args.seeds or [0])[0]
         base = make_config(args.dataset, **{**over, "seed": seed})
-        from . import harness
-        return harness.run_search(base, args, extra.trials, extra.objective, extra.max_concurrent,
-                                  extra.sampler_seed, asha=not extra.no_asha)
-    except (ConfigError, StudyError, StorageError, data_mod.DatasetError, CheckpointError) as e:
+        from .runner.search import run_search
+        return run_search(base, args, extra.trials, extra.objective, extra.max_concurrent,
+                          extra.sampler_seed, asha=not extra.no_asha)
+    except ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

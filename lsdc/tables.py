@@ -18,11 +18,12 @@ from typing import Iterable
 import pandas as pd
 from tabulate import tabulate
 
-from .config import PRESETS, ConfigError, make_config
-from .records import read_records
+from . import studies as studies_mod
+from .config import ConfigError, make_config, presets
+from .planning import Study, Variant
+from .records import NOT_FINGERPRINTED, read_records
 from .storage import Storage, StorageError
-from .studies import FIGURE1_PAPER, STUDIES
-from .study import Study, Variant
+from .studies import FIGURE1_PAPER
 
 DASH = "—"
 PAPER_ORDER = ("cifar10", "cifar100-20", "stl10", "mnist", "reuters10k")
@@ -44,9 +45,12 @@ def records_frame(records: Iterable[dict]) -> pd.DataFrame:
             "epochs": c.get("epochs"), "pretrain_epochs": c.get("pretrain_epochs"),
             "commit": (r.get("git_commit") or "unknown")[:12], "hardware": _hw(r),
             "wall_s": r.get("wall_s"), "key": r.get("key"), "config": c,
+            "fingerprint": (r.get("data") or {}).get("fingerprint"),
+            "precision": r.get("precision") or c.get("precision"),
         })
     cols = ["study", "variant", "row", "kind", "dataset", "seed", "status", "acc", "nmi", "ari", "confident_frac",
-            "confident_acc", "epochs", "pretrain_epochs", "commit", "hardware", "wall_s", "key", "config"]
+            "confident_acc", "epochs", "pretrain_epochs", "commit", "hardware", "wall_s", "key", "config",
+            "fingerprint", "precision"]
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -75,18 +79,33 @@ def cell(values: pd.Series, diverged: int = 0) -> str:
     return text
 
 
-IGNORED = ("seed", "device", "compile", "eval_every")   # how a trial ran, not what it was
+IGNORED = ("seed", "device", "compile", "eval_every", "precision")   # how a trial ran, not what it was
 
 
-def _setting(cfg: dict, varied: set[str]) -> str:
-    """Everything that must be equal for records to share a table row."""
-    return json.dumps({k: v for k, v in sorted(cfg.items()) if k not in varied and k not in IGNORED})
+def _setting(cfg: dict, varied: set[str], fingerprint: str | None = None, precision: str | None = None) -> str:
+    """Everything that must be equal for records to share a table row: the config (but the
+    seed and the study's axes), the data's fingerprint and the precision that ran."""
+    d = {k: v for k, v in sorted(cfg.items()) if k not in varied and k not in IGNORED}
+    d["__data"], d["__precision"] = fingerprint, _precision(precision)
+    return json.dumps(d, sort_keys=True)
 
 
-def _setting_label(dataset: str, cfg: dict | None, varied: set[str], base: dict) -> str:
-    """The dataset, and what the setting changes from the study's preset configuration."""
+def _precision(p: str | None) -> str | None:
+    return "fp32" if p in (None, "auto") else p   # lsdc 0.1 recorded "auto", which was fp32 on CPUs
+
+
+def _setting_label(dataset: str, cfg: dict | None, varied: set[str], base: dict, fingerprint: str | None = None,
+                   precision: str | None = None, mixed_data: bool = False) -> str:
+    """The dataset, what the setting changes from the study's preset configuration, and the
+    data and precision whenever they tell rows apart."""
     name = os.path.basename(str(dataset))
     diffs = _diffs(dataset, cfg, varied, base) if cfg else []
+    if cfg and _precision(precision) != "fp32":
+        diffs.append(f"precision {_precision(precision)}")
+    if cfg and fingerprint is None:
+        diffs.append(NOT_FINGERPRINTED)
+    elif cfg and mixed_data:
+        diffs.append(f"data {fingerprint[:8]}")
     return name + (f" ({', '.join(diffs)})" if diffs else "")
 
 
@@ -98,7 +117,7 @@ def _diffs(dataset: str, cfg: dict, varied: set[str], base: dict) -> list[str]:
         return []
     diffs = []
     for k, v in cfg.items():
-        if k in varied or k in IGNORED:
+        if k in varied or k in IGNORED or k == "extra":
             continue
         want = scaled.get(k) if k in ("lr_steps", "rampup") else ref.get(k)
         if want != v:
@@ -114,7 +133,8 @@ def study_table(study: Study, df: pd.DataFrame) -> tuple[str, list[str]]:
     sub = df[df["study"] == study.name].copy()
     two_axis = len(study.rows) > 1
     varied = {k for v in study.variants for k in v.overrides}
-    sub["setting"] = [_setting(c, varied) for c in sub["config"]]
+    sub["setting"] = [_setting(c, varied, f, p) for c, f, p in zip(sub["config"], sub["fingerprint"],
+                                                                  sub["precision"])]
     datasets = [d for d in PAPER_ORDER if d in study.paper] + \
         sorted(d for d in sub["dataset"].unique() if d not in study.paper)
     header = ["dataset"] + (["method"] if two_axis else []) + study.labels
@@ -122,8 +142,12 @@ def study_table(study: Study, df: pd.DataFrame) -> tuple[str, list[str]]:
     for ds in datasets:
         s_ds = sub[sub["dataset"] == ds]
         groups = [(None, s_ds)] if s_ds.empty else list(s_ds.groupby("setting", sort=True))
+        mixed = s_ds["fingerprint"].dropna().nunique() > 1
         for _, s in groups:
-            label = _setting_label(ds, s["config"].iloc[0] if len(s) else None, varied, study.base)
+            first = s.iloc[0] if len(s) else None
+            label = _setting_label(ds, first["config"] if first is not None else None, varied, study.base,
+                                   first["fingerprint"] if first is not None else None,
+                                   first["precision"] if first is not None else None, mixed)
             for row in study.rows:
                 line = [label] + ([row] if two_axis else [])
                 for col in study.labels:
@@ -167,16 +191,20 @@ def _ranges(xs: list[int]) -> str:
 
 
 def table1() -> str:
-    head = ["dataset", "optimizer", "epochs", "lr steps", "lr", "λ", "T", "cosine τ", "SNE τ", "SNE temp", "kNN k",
-            "batch", "pretrain"]
+    """Supplement Table 1 from the registries: each dataset's preset, one column per
+    parameter of every registered labeler (a new labeler adds its columns)."""
+    from .registry import LABELERS
+    labeler_params = [(e, p) for e in LABELERS.entries() for p in e.params]
+    head = ["dataset", "optimizer", "epochs", "lr steps", "lr", "λ", "T"] + \
+        [f"{e.display} {p.name.split('_', 1)[-1]}" for e, p in labeler_params] + ["batch", "pretrain"]
     body = []
-    for name, p in PRESETS.items():
+    for name, p in presets().items():
         def g(k, d="-"):
             v = p.get(k, d)
             return "-" if v is None else v
         body.append([name, g("optimizer"), g("epochs"), ", ".join(map(str, p.get("lr_steps", ()))) or "-",
-                     g("lr"), g("lam"), g("rampup"), g("cosine_tau"), g("sne_tau"), g("sne_temperature"),
-                     g("knn_k"), g("batch_size", 256), f"{p.get('pretrain', 'rotnet')} ({p.get('pretrain_epochs', 200)} ep)"])
+                     g("lr"), g("lam"), g("rampup")] + [g(q.name) for _, q in labeler_params] +
+                    [g("batch_size", 256), f"{p.get('pretrain', 'rotnet')} ({p.get('pretrain_epochs', 200)} ep)"])
     return tabulate(body, headers=head, tablefmt="github")
 
 
@@ -185,12 +213,14 @@ def seeds_table(df: pd.DataFrame) -> str | None:
     if sub.empty:
         return None
     body = []
-    sub = sub.assign(setting=[_setting(c, set()) for c in sub["config"]])
+    sub = sub.assign(setting=[_setting(c, set(), f, p) for c, f, p in zip(sub["config"], sub["fingerprint"],
+                                                                          sub["precision"])])
     for (ds, _), s in sub.groupby(["dataset", "setting"], sort=False):
         ok = s[s["status"] == "finished"]
-        paper = STUDIES["seeds"].paper.get(ds, {}).get("LSD-C", DASH)
+        paper = studies_mod.SEEDS.paper.get(ds, {}).get("LSD-C", DASH)
         fig = FIGURE1_PAPER.get(ds, {})
-        body.append([_setting_label(ds, s["config"].iloc[0], set(), {}), cell(ok["acc"], int((s["status"] == "diverged").sum())),
+        first = s.iloc[0]
+        body.append([_setting_label(ds, first["config"], set(), {}, first["fingerprint"], first["precision"]), cell(ok["acc"], int((s["status"] == "diverged").sum())),
                      f"{ok['acc'].min():.1f} / {ok['acc'].max():.1f}" if len(ok) else DASH,
                      cell(ok["nmi"] * 100), cell(ok["ari"] * 100),
                      cell(ok["confident_frac"]) + (f" · paper {fig['confident_frac']:.0f}" if fig else ""),
@@ -293,6 +323,7 @@ def render(storage: Storage, out_path: str, figures_dir: str | None = None) -> t
     if bad:
         doc += [f"Skipped {len(bad)} unreadable record(s): " + ", ".join(f"`{b}`" for b in bad), ""]
     doc += ["## Table 1: hyperparameters (the presets in `lsdc/config.py`)", "", table1(), ""]
+    STUDIES = studies_mod.STUDIES
     for name, study in STUDIES.items():
         if name == "seeds":
             continue

@@ -1,9 +1,9 @@
 """One LSD-C clustering trial: the per-iteration step of method.md, epoch by epoch.
 
-    trial = Trial(make_config("digits"))
+    trial = Trial.from_config(make_config("digits"))
     for metrics in trial:          # one dict per epoch
         print(metrics["acc"])
-    state = trial.state_dict()     # checkpoint; Trial(cfg).load_state_dict(state) resumes
+    state = trial.state_dict()     # checkpoint; Trial.from_config(cfg).load_state_dict(state) resumes
 
 The whole dataset sits on the trial's device as uint8; augmentation, mixing and labels are
 computed there. Frozen blocks run under ``no_grad``; bf16 autocast on CUDA (losses fp32).
@@ -20,12 +20,12 @@ import torch
 import torch.nn.functional as F
 
 from . import data as data_mod
-from . import labelers
+from . import labelers, mixing
 from .augment import Augmenter
 from .config import ConfigError, Env, TrialConfig
 from .losses import mse_consistency, pairwise_bce, sigmoid_rampup
 from .metrics import CONFIDENCE, confusion, evaluate, label_free_scores, match_clusters
-from .mixing import MIXINGS, mix_target
+from .mixing import mix_target
 from .models import CheckpointError, build_model, load_error_reason
 from .pretrain import ensure_backbone, load_backbone
 from .runtime import autocast, configure, resolve_device, resolve_precision
@@ -35,35 +35,39 @@ FINITE_CHECK_EVERY = 16   # steps between (synchronising) checks of the loss for
 
 
 class Trial:
-    """A clustering trial of ``cfg``; iterate it for per-epoch metrics."""
+    """A clustering trial of ``cfg`` on in-memory data; iterate it for per-epoch metrics.
 
-    def __init__(self, cfg: TrialConfig, env: Env | None = None, dataset: data_mod.Dataset | None = None,
-                 log: Log = print):
-        self.cfg = cfg
-        self.env = env or Env()
-        self.log = log
+    ``Trial(cfg, x, y, model)`` takes already-loaded samples (uint8 N x H x W x C images or
+    float N x D vectors, numpy or torch), their labels (evaluation only) and a
+    :class:`~lsdc.models.ClusterNet` (its backbone already pretrained, or not): one step and
+    one epoch can run on synthetic tensors with no files. :meth:`from_config` loads the
+    dataset and the pretrained backbone named by a config and an :class:`~lsdc.config.Env`.
+    """
+
+    def __init__(self, cfg: TrialConfig, x, y, model: torch.nn.Module, *, spec: data_mod.DatasetSpec | None = None,
+                 x_eval=None, y_eval=None, num_clusters: int | None = None, log: Log = print,
+                 data: dict[str, Any] | None = None, backbone_path: str | None = None,
+                 backbone_meta: dict | None = None):
         self.device = resolve_device(cfg.device)
         configure(self.device)
         self.precision = resolve_precision(cfg.precision, self.device)
-        if dataset is None or dataset.split != cfg.split or dataset.name != cfg.dataset:
-            dataset = data_mod.load(cfg.dataset, self.env.data_root, cfg.split, self.env.download)
-        if cfg.batch_size > len(dataset):
-            raise ConfigError(f"batch_size: must be <= the number of training samples ({len(dataset)}), "
-                              f"got {cfg.batch_size}")
-        eval_split = cfg.split if cfg.eval_split == "same" else cfg.eval_split
-        eval_ds = dataset if eval_split == cfg.split else data_mod.load(
-            cfg.dataset, self.env.data_root, eval_split, self.env.download)
-        self.num_clusters = dataset.num_clusters
-        self.spec = dataset.spec
-        self.x = torch.from_numpy(dataset.x).to(self.device)
-        self.x_eval = self.x if eval_ds is dataset else torch.from_numpy(eval_ds.x).to(self.device)
-        self.y_eval = eval_ds.y
+        self.cfg = cfg if cfg.precision == self.precision else cfg.replace(precision=self.precision)
+        self.log = log
+        self.spec = spec or cfg.spec
+        n = len(x)
+        if cfg.batch_size > n:
+            raise ConfigError(f"batch_size: must be <= the number of training samples ({n}), got {cfg.batch_size}")
+        self.x = torch.as_tensor(x).to(self.device)
+        self.x_eval = self.x if x_eval is None else torch.as_tensor(x_eval).to(self.device)
+        self.y_eval = np.asarray(y if y_eval is None else y_eval)
+        self.num_clusters = num_clusters or self.spec.num_clusters
+        self.data = data or {"fingerprint": data_mod.array_fingerprint(np.asarray(self.x.cpu()), np.asarray(y)),
+                             "source": "in-memory arrays", "lossy": False, "n": n}
+        self.key = self.cfg.key(self.data["fingerprint"])
+        self.backbone_path = backbone_path
+        self.backbone_meta = backbone_meta or {}
         self.aug = Augmenter(self.spec, self.device)
-
-        self.backbone_path = ensure_backbone(cfg, self.env, dataset, log)
-        torch.manual_seed(cfg.seed)
-        self.model = build_model(cfg, self.num_clusters)
-        self.backbone_meta = load_backbone(self.model.backbone, self.backbone_path, cfg) if self.backbone_path else {}
+        self.model = model
         fmt = torch.channels_last if self.spec.is_image else torch.contiguous_format
         self.model.to(self.device, memory_format=fmt)
         params = self.model.trainable_parameters()
@@ -73,7 +77,7 @@ class Trial:
             self.opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.sched = torch.optim.lr_scheduler.MultiStepLR(self.opt, list(cfg.lr_steps), cfg.lr_gamma)
         self.labeler = labelers.from_config(cfg)
-        self.mix = MIXINGS[cfg.mixing]
+        self.mix = mixing.from_config(cfg)
         self.gen = torch.Generator(device=self.device).manual_seed(cfg.seed)
         # evaluation draws its augmentations from its own stream: evaluating never changes training
         self.eval_gen = torch.Generator(device=self.device).manual_seed(cfg.seed + 1_000_003)
@@ -83,6 +87,36 @@ class Trial:
         self.history: list[dict[str, Any]] = []
         self.diverged = False
         self.last_eval: dict[str, Any] = {}
+
+    @classmethod
+    def from_config(cls, cfg: TrialConfig, env: Env | None = None, dataset: data_mod.Dataset | None = None,
+                    log: Log = print) -> "Trial":
+        """Load the dataset (unless given), pretrain or reuse the backbone, build the model."""
+        env = env or Env()
+        if dataset is None or dataset.split != cfg.split or dataset.name != cfg.dataset:
+            dataset = data_mod.load(cfg.dataset, env.data_root, cfg.split, env.download)
+        if cfg.batch_size > len(dataset):
+            raise ConfigError(f"batch_size: must be <= the number of training samples ({len(dataset)}), "
+                              f"got {cfg.batch_size}")
+        eval_split = cfg.split if cfg.eval_split == "same" else cfg.eval_split
+        eval_ds = dataset if eval_split == cfg.split else data_mod.load(
+            cfg.dataset, env.data_root, eval_split, env.download)
+        backbone_path = ensure_backbone(cfg, env, dataset, log)
+        torch.manual_seed(cfg.seed)
+        model = build_model(cfg, dataset.num_clusters)
+        meta = load_backbone(model.backbone, backbone_path, cfg, dataset.fingerprint) if backbone_path else {}
+        data = dataset.provenance()
+        if eval_ds is not dataset:
+            data["eval"] = eval_ds.provenance()
+        return cls(cfg, dataset.x, dataset.y, model, spec=dataset.spec,
+                   x_eval=None if eval_ds is dataset else eval_ds.x, y_eval=None if eval_ds is dataset else eval_ds.y,
+                   num_clusters=dataset.num_clusters, log=log, data=data, backbone_path=backbone_path,
+                   backbone_meta=meta)
+
+    def random_batch(self, gen: torch.Generator) -> torch.Tensor:
+        """``batch_size`` raw samples drawn uniformly with ``gen`` (benchmarks)."""
+        idx = torch.randint(0, len(self.x), (self.cfg.batch_size,), generator=gen, device=self.device)
+        return self.x[idx]
 
     # ------------------------------------------------------------------ training
     def _forward_views(self, views: list[torch.Tensor], grads: list[bool]):
@@ -104,11 +138,11 @@ class Trial:
         x = self.aug.standard(xb, self.gen)
         x_bar = self.aug.standard(xb, self.gen)
         x_bar2 = self.aug.standard(xb, self.gen)
-        x_bar, x_bar2, plan = self.mix(x_bar, x_bar2, self.rng, cfg.mix_beta)
+        x_bar, x_bar2, plan = self.mix(x_bar, x_bar2, self.rng)
         logits, feats = self._forward_views([x, x_bar, x_bar2], [True, True, cfg.use_mse])
         p, p_bar, p_bar2 = (F.softmax(z.float(), dim=1) for z in logits)
         with torch.no_grad():
-            target = mix_target(self.labeler(feats[0].detach().float()), plan, cfg.ricap_target)
+            target = mix_target(self.labeler(feats[0].detach().float()), plan)
         bce = pairwise_bce(p_bar, p, target)
         mse = mse_consistency(p_bar, p_bar2)
         loss = bce + w_cons * mse if cfg.use_mse else bce
@@ -205,7 +239,7 @@ class Trial:
     # ------------------------------------------------------------- checkpointing
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue this trial exactly; loadable with weights_only=True."""
-        return {"config_key": self.cfg.key(), "epoch": self.epoch, "diverged": self.diverged,
+        return {"config_key": self.key, "epoch": self.epoch, "diverged": self.diverged,
                 "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
                 "scheduler": self.sched.state_dict(), "gen": self.gen.get_state(),
                 "eval_gen": self.eval_gen.get_state(),
@@ -213,9 +247,9 @@ class Trial:
                 "history": json.dumps(self.history)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("config_key") != self.cfg.key():
-            raise CheckpointError(f"trial checkpoint is for config {state.get('config_key')}, "
-                                  f"not this trial's {self.cfg.key()}")
+        if state.get("config_key") != self.key:
+            raise CheckpointError(f"trial checkpoint is for trial {state.get('config_key')}, "
+                                  f"not this trial's {self.key}")
         self.model.load_state_dict(state["model"], strict=True)
         self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])
@@ -240,4 +274,4 @@ class Trial:
 def run_trial(cfg: TrialConfig, env: Env | None = None, dataset: data_mod.Dataset | None = None,
               log: Log = print) -> Iterator[dict[str, Any]]:
     """Per-epoch metrics of a fresh trial of ``cfg``."""
-    yield from Trial(cfg, env, dataset, log)
+    yield from Trial.from_config(cfg, env, dataset, log)

@@ -227,10 +227,11 @@ def test_unwritable_storage_is_refused_before_anything(tmp_path, capsys):
 @pytest.mark.parametrize("kind", ["corrupt", "mismatched", "malicious"])
 def test_bad_cached_checkpoint_is_refused_before_compute(tmp_path, capsys, kind):
     from lsdc.config import make_config
+    from lsdc.data import fingerprint
     from lsdc.pretrain import backbone_path
     store = tmp_path / "store"
     cfg = make_config("digits", pretrain_epochs=1, width=0.125, batch_size=64, epochs=1, seed=0)
-    path = backbone_path(cfg, str(store))
+    path = backbone_path(cfg, str(store), fingerprint("digits"))
     os.makedirs(os.path.dirname(path))
     marker = tmp_path / "pwned"
     if kind == "corrupt":
@@ -276,7 +277,7 @@ def test_configs_are_data_never_code(tmp_path, capsys):
 
 
 def test_no_dashboard_by_default_and_localhost_only_when_asked():
-    from lsdc.harness import ray_init_kwargs
+    from lsdc.runner.cluster import ray_init_kwargs
     kw = ray_init_kwargs(None)
     assert kw["include_dashboard"] is False and kw["address"] == "local"
     kw = ray_init_kwargs(None, dashboard=True)

@@ -16,7 +16,7 @@ QUIET = lambda s: None  # noqa: E731
 
 
 def test_two_epoch_digits_trial_loss_falls(env):
-    trial = Trial(tiny(epochs=2), env, log=QUIET)
+    trial = Trial.from_config(tiny(epochs=2), env, log=QUIET)
     hist = list(trial)
     assert [m["epoch"] for m in hist] == [1, 2]
     assert hist[1]["bce"] < hist[0]["bce"]
@@ -27,7 +27,7 @@ def test_two_epoch_digits_trial_loss_falls(env):
 
 
 def test_frozen_parameters_unchanged_trainable_changed_after_a_step(env):
-    trial = Trial(tiny(freeze_from=3), env, log=QUIET)
+    trial = Trial.from_config(tiny(freeze_from=3), env, log=QUIET)
     before = {n: p.detach().clone() for n, p in trial.model.named_parameters()}
     trial.train_step(trial.x[:64], w_cons=1.0)
     changed = {n for n, p in trial.model.named_parameters() if not torch.equal(before[n], p)}
@@ -38,27 +38,27 @@ def test_frozen_parameters_unchanged_trainable_changed_after_a_step(env):
 
 
 def test_same_seed_same_metrics_on_cpu(env):
-    a = [m["acc"] for m in Trial(tiny(seed=3), env, log=QUIET)]
-    b = [m["acc"] for m in Trial(tiny(seed=3), env, log=QUIET)]
-    c = list(Trial(tiny(seed=4), env, log=QUIET))
+    a = [m["acc"] for m in Trial.from_config(tiny(seed=3), env, log=QUIET)]
+    b = [m["acc"] for m in Trial.from_config(tiny(seed=3), env, log=QUIET)]
+    c = list(Trial.from_config(tiny(seed=4), env, log=QUIET))
     assert a == b
-    la = [m["loss"] for m in Trial(tiny(seed=3), env, log=QUIET)]
+    la = [m["loss"] for m in Trial.from_config(tiny(seed=3), env, log=QUIET)]
     assert la != [m["loss"] for m in c]
 
 
 def test_checkpoint_and_resume_match_an_uninterrupted_run(env, tmp_path):
     cfg = tiny(epochs=3)
-    full = [m["loss"] for m in Trial(cfg, env, log=QUIET)]
-    first = Trial(cfg, env, log=QUIET)
+    full = [m["loss"] for m in Trial.from_config(cfg, env, log=QUIET)]
+    first = Trial.from_config(cfg, env, log=QUIET)
     first.run_epoch()
     first.save(tmp_path / "ck.pt")
-    resumed = Trial(cfg, env, log=QUIET)
+    resumed = Trial.from_config(cfg, env, log=QUIET)
     resumed.load(str(tmp_path / "ck.pt"))
     rest = [m["loss"] for m in resumed]
     assert len(resumed.history) == 3 and resumed.epoch == 3
     assert [full[0]] + rest == pytest.approx(full, rel=1e-6)
-    other = Trial(tiny(epochs=3, seed=9), env, log=QUIET)
-    with pytest.raises(CheckpointError, match="different config|is for config"):
+    other = Trial.from_config(tiny(epochs=3, seed=9), env, log=QUIET)
+    with pytest.raises(CheckpointError, match="is for trial .*, not this trial"):
         other.load(str(tmp_path / "ck.pt"))
 
 
@@ -67,7 +67,7 @@ def test_checkpoint_and_resume_match_an_uninterrupted_run(env, tmp_path):
                                        dict(ricap_target="corrected", head="mlp", use_mse=False),
                                        dict(frozen_bn="eval", freeze_from=4)])
 def test_variants_run(env, overrides):
-    hist = list(Trial(tiny(epochs=1, **overrides), env, log=QUIET))
+    hist = list(Trial.from_config(tiny(epochs=1, **overrides), env, log=QUIET))
     assert np.isfinite(hist[-1]["loss"]) and "acc" in hist[-1]
 
 
@@ -79,14 +79,14 @@ def test_vector_dataset_with_mlp(env, tmp_path):
     np.savez(path, x=(centers[y] + rng.normal(size=(120, 20))).astype(np.float32), y=y)
     cfg = make_config(path, pretrain="none", mixing="mixup", freeze_from=0, batch_size=32, knn_k=5, epochs=2,
                       device="cpu")
-    trial = Trial(cfg, env, log=QUIET)
+    trial = Trial.from_config(cfg, env, log=QUIET)
     hist = list(trial)
     assert trial.model.backbone.__class__.__name__ == "MLPBackbone"
     assert np.isfinite(hist[-1]["loss"])
 
 
 def test_divergence_is_detected_and_stops_the_trial(env):
-    trial = Trial(tiny(epochs=3, lr=1e12, lam=1e6, rampup=0), env, log=QUIET)
+    trial = Trial.from_config(tiny(epochs=3, lr=1e12, lam=1e6, rampup=0), env, log=QUIET)
     hist = list(trial)
     assert trial.diverged and hist[-1].get("diverged") is True
     assert len(hist) < 3 or not np.isfinite(hist[-1]["loss"])
@@ -97,7 +97,8 @@ def test_pretraining_methods_produce_a_cached_loadable_backbone(env, method):
     cfg = tiny(pretrain=method, pretrain_epochs=1, pretrain_batch_size=64)
     logs = []
     path = ensure_backbone(cfg, env, log=logs.append)
-    assert path == backbone_path(cfg, env.cache_dir) and os.path.exists(path)
+    from lsdc.data import fingerprint
+    assert path == backbone_path(cfg, env.cache_dir, fingerprint("digits")) and os.path.exists(path)
     assert any("saved" in line for line in logs)
     again = []
     assert ensure_backbone(cfg, env, log=again.append) == path and again == []  # reused, not retrained

@@ -1,0 +1,102 @@
+"""Starting or joining Ray, the resources a trial asks for, and the settings of the processes
+lsdc starts. Nothing here changes the importing process's environment: :func:`ray_env` sets
+Ray's settings only for the duration of a run, and restores them after."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from typing import Iterator
+
+import ray
+
+from ..planning import StudyError
+
+# Ray's settings for the processes lsdc starts: no usage statistics, the classic (terse)
+# output engine, no nagging about checkpoint syncing.
+RAY_SETTINGS = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_AIR_NEW_OUTPUT": "0",
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+}
+
+
+@contextlib.contextmanager
+def ray_env(extra: dict[str, str] | None = None) -> Iterator[None]:
+    """Set :data:`RAY_SETTINGS` (unless the user set them) for a run, then restore the
+    environment exactly as it was."""
+    wanted = {**RAY_SETTINGS, **(extra or {})}
+    saved = {k: os.environ.get(k) for k in wanted}
+    for k, v in wanted.items():
+        os.environ.setdefault(k, v)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def ray_init_kwargs(address: str | None, num_cpus: int | None = None, dashboard: bool = False,
+                    env_vars: dict[str, str] | None = None) -> dict:
+    """Arguments of ``ray.init``: a private local cluster without dashboard (or, if asked, a
+    dashboard bound to 127.0.0.1 only), or a connection to an existing cluster. ``env_vars``
+    reach every worker (e.g. ``LSDC_PLUGINS``)."""
+    common = dict(logging_level=logging.ERROR, log_to_driver=False, configure_logging=True)
+    if env_vars:
+        common["runtime_env"] = {"env_vars": dict(env_vars)}
+    if address:
+        return dict(address=address, **common)
+    return dict(address="local", num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1",
+                **common)
+
+
+def init_ray(address: str | None, num_cpus: int | None = None, dashboard: bool = False,
+             env_vars: dict[str, str] | None = None) -> float:
+    """Start or join Ray (see :func:`ray_init_kwargs`); returns the seconds it took."""
+    t0 = time.perf_counter()
+    if ray.is_initialized():
+        return 0.0
+    ray.init(**ray_init_kwargs(address, num_cpus, dashboard, env_vars))
+    return time.perf_counter() - t0
+
+
+def shutdown() -> None:
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def check_resources(gpus_per_trial: float, cpus_per_trial: float) -> None:
+    """Fail at once, instead of waiting forever, if no node can host one trial."""
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    total = ray.cluster_resources()
+    max_gpu = max((n["Resources"].get("GPU", 0.0) for n in nodes), default=0.0)
+    max_cpu = max((n["Resources"].get("CPU", 0.0) for n in nodes), default=0.0)
+    summary = ", ".join(f"{k} {v:g}" for k, v in sorted(total.items()) if k in ("CPU", "GPU"))
+    if gpus_per_trial > max_gpu:
+        what = "has no GPU" if max_gpu == 0 else f"has at most {max_gpu:g} GPU(s) on one node"
+        raise StudyError(f"--gpus-per-trial {gpus_per_trial:g}: the Ray cluster {what} ({summary}); "
+                         f"use --gpus-per-trial 0 to run on CPUs")
+    if cpus_per_trial > max_cpu:
+        raise StudyError(f"--cpus-per-trial {cpus_per_trial:g}: no node has that many CPUs ({summary})")
+
+
+def default_gpus_per_trial() -> float:
+    return 1.0 if ray.cluster_resources().get("GPU", 0.0) > 0 else 0.0
+
+
+def set_threads() -> None:
+    """Inside a Ray worker: as many torch threads as the CPUs the task or actor was given."""
+    import torch
+    try:
+        n = int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)) or 1
+    except Exception:  # outside a Ray worker
+        n = os.cpu_count() or 1
+    torch.set_num_threads(max(1, n))
+
+
+def remote(fn, num_cpus: float, num_gpus: float):
+    return ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=2)(fn)

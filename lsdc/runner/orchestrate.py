@@ -1,0 +1,200 @@
+"""A planned study end to end on Ray: backbones (one Ray task each), k-means baselines (Ray
+tasks), then the trials under a ``Tuner`` (or ``Tuner.restore`` of the same study's
+interrupted run), with the live progress view."""
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+
+import ray
+from ray import tune
+
+from ..planning import Planned, Study, StudyArgs, dataset_tag
+from ..records import done_keys, reuse_records
+from ..storage import Storage
+from .cluster import check_resources, default_gpus_per_trial, init_ray, ray_env, remote
+from .progress import Progress
+from .tasks import backbone_ready, kmeans_task, pretrain_task
+from .trainable import lsdc_trainable
+
+
+def experiment_name(study: Study, planned: list[Planned]) -> str:
+    """Stable for the same command: the study, dataset and the set of planned trial keys."""
+    blob = ",".join(sorted(p.key for p in planned))
+    return f"{study.name}-{dataset_tag(planned[0].cfg.dataset)}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
+
+
+def preflight(planned: list[Planned], args: StudyArgs, storage: Storage) -> None:
+    """Everything that can be checked before compute: storage, cached checkpoints (the data
+    was loaded and fingerprinted by planning)."""
+    from ..models import build_model
+    from ..pretrain import backbone_path, load_backbone
+    storage.check_location()
+    seen = set()
+    for p in planned:
+        path = backbone_path(p.cfg, args.env.cache_dir, p.fingerprint) if p.cfg.pretrain != "none" else None
+        if path and path not in seen and os.path.exists(path):
+            seen.add(path)
+            load_backbone(build_model(p.cfg).backbone, path, p.cfg, p.fingerprint)
+
+
+def plugin_env(args: StudyArgs) -> dict[str, str]:
+    """Environment for Ray's workers: the plugin modules that register entries."""
+    names = [*args.plugins, *[n for n in os.environ.get("LSDC_PLUGINS", "").split(",") if n.strip()]]
+    return {"LSDC_PLUGINS": ",".join(dict.fromkeys(names))} if names else {}
+
+
+def run_study(study: Study, planned: list[Planned], args: StudyArgs) -> int:
+    """Run a planned study on Ray; returns the process exit code."""
+    with ray_env():
+        return _run_study(study, planned, args)
+
+
+def _run_study(study: Study, planned: list[Planned], args: StudyArgs) -> int:
+    t_start = time.perf_counter()
+    storage = Storage(args.storage)
+    preflight(planned, args, storage)            # nothing is written before this passes
+    exists = os.path.isdir(storage.root) or not storage.is_local
+    done = done_keys(storage, study.name, planned) if exists else set()
+    if all(p.key in done for p in planned):
+        print(f"[{study.name}] nothing to do: all {len(planned)} planned trials have records. Tables: "
+              f"python analysis/make_tables.py --storage {args.storage}")
+        return 0
+    timings: dict[str, float] = {}
+    interrupted = False
+    try:
+        timings["ray_init"] = init_ray(args.address, dashboard=args.dashboard, env_vars=plugin_env(args))
+        gpus = default_gpus_per_trial() if args.gpus_per_trial is None else args.gpus_per_trial
+        check_resources(gpus, args.cpus_per_trial)   # fails in seconds instead of waiting forever
+        storage.check_writable()
+        storage.write_json(f"{study.name}/plans/{dataset_tag(planned[0].cfg.dataset)}.json", {
+            "study": study.name, "title": study.title, "dataset": planned[0].cfg.dataset,
+            "trials": [{"key": p.key, "variant": p.variant, "row": p.row, "kind": p.kind, "seed": p.cfg.seed,
+                        "fingerprint": p.fingerprint} for p in planned]})
+        reused = reuse_records(storage, study.name, planned)
+        done = done_keys(storage, study.name, planned)
+        pending = [p for p in planned if p.key not in done]
+        print(f"[{study.name}] {len(planned)} planned on {planned[0].cfg.dataset}: {len(planned) - len(pending)} "
+              f"finished already{f' ({reused} reused from other studies)' if reused else ''}, {len(pending)} to "
+              f"run; storage {storage.uri}", flush=True)
+        res = {"num_cpus": args.cpus_per_trial, "num_gpus": gpus}
+        t0 = time.perf_counter()
+        _run_pretraining(study, pending, args, storage, res)
+        timings["pretraining"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        _run_kmeans(study, [p for p in pending if p.kind == "kmeans"], args, storage, res)
+        timings["kmeans"] = time.perf_counter() - t0
+        trials = [p for p in pending if p.kind == "trial"]
+        t0 = time.perf_counter()
+        interrupted = _run_trials(study, planned, trials, len(planned) - len(trials), args, storage,
+                                  {"cpu": args.cpus_per_trial, "gpu": gpus}) if trials else False
+        timings["trials"] = time.perf_counter() - t0
+    except KeyboardInterrupt:
+        interrupted = True
+        print(f"[{study.name}] interrupted (Ctrl-C): stopping", flush=True)
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+    done = done_keys(storage, study.name, planned)
+    missing = [p for p in planned if p.key not in done]
+    total = time.perf_counter() - t_start
+    parts = ", ".join(f"{k.replace('_', ' ')} {v:.1f} s" for k, v in timings.items())
+    print(f"[{study.name}] {len(planned) - len(missing)}/{len(planned)} trials have records; wall {total:.1f} s "
+          f"({parts})")
+    if missing:
+        how = "interrupted" if interrupted else "unfinished (see the errors above)"
+        print(f"[{study.name}] {len(missing)} trial(s) {how}. Resume with the same command (or add --resume): "
+              f"finished trials are kept, unfinished ones continue from their last checkpoint.")
+        return 130 if interrupted else 1
+    print(f"[{study.name}] done. Tables: python analysis/make_tables.py --storage {args.storage}")
+    return 0
+
+
+def _run_pretraining(study: Study, pending: list[Planned], args: StudyArgs, storage: Storage, res) -> None:
+    from ..pretrain import backbone_key
+    distinct: dict[str, Planned] = {}
+    for p in pending:
+        if p.cfg.pretrain != "none":
+            distinct.setdefault(backbone_key(p.cfg, p.fingerprint), p)
+    todo = {k: p for k, p in distinct.items() if not backbone_ready(p, args.env, storage)}
+    if not todo:
+        return
+    print(f"[{study.name}] pretraining {len(todo)} backbone(s) ({', '.join(sorted({p.cfg.pretrain for p in todo.values()}))})"
+          f", one Ray task each", flush=True)
+    task = remote(pretrain_task, res["num_cpus"], res["num_gpus"])
+    refs = [task.remote(p.to_dict(), args.env.to_dict(), storage.uri) for p in todo.values()]
+    t0 = time.perf_counter()
+    while refs:
+        ready, refs = ray.wait(refs, num_returns=1)
+        ray.get(ready)
+        print(f"[{study.name}] pretraining: {len(todo) - len(refs)}/{len(todo)} backbones ready "
+              f"({time.perf_counter() - t0:.0f} s)", flush=True)
+
+
+def _run_kmeans(study: Study, jobs: list[Planned], args: StudyArgs, storage: Storage, res) -> None:
+    if not jobs:
+        return
+    task = remote(kmeans_task, res["num_cpus"], res["num_gpus"])
+    refs = [task.remote(p.to_dict(), args.env.to_dict(), storage.uri) for p in jobs]
+    ray.get(refs)
+    print(f"[{study.name}] k-means baselines: {len(jobs)} done", flush=True)
+
+
+def _run_trials(study: Study, planned: list[Planned], trials: list[Planned], done_outside: int, args: StudyArgs,
+                storage: Storage, resources: dict[str, float]) -> bool:
+    """Run (or resume) the trials under Ray Tune; True if the run was interrupted."""
+    name = experiment_name(study, planned)
+    exp_path = storage.uri_of(study.name, "tune", name)
+    trainable = tune.with_resources(lsdc_trainable, resources)
+    if tune.Tuner.can_restore(exp_path):
+        print(f"[{study.name}] resuming Ray Tune experiment {exp_path}", flush=True)
+        tuner = tune.Tuner.restore(exp_path, trainable=trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        if args.resume:
+            print(f"[{study.name}] --resume: no interrupted run of this study in the storage; starting it")
+        space = {"spec": tune.grid_search([p.to_dict() for p in trials]), "env": args.env.to_dict(),
+                 "storage": storage.uri, "checkpoint_every": args.checkpoint_every, "plugins": list(args.plugins)}
+        progress = Progress(study.name, len(planned), done_outside, quiet=args.quiet)
+        tuner = tune.Tuner(
+            trainable, param_space=space,
+            tune_config=tune.TuneConfig(reuse_actors=True, trial_name_creator=_trial_name,
+                                        trial_dirname_creator=_trial_name),
+            run_config=tune.RunConfig(
+                storage_path=storage.uri_of(study.name, "tune"), name=name, verbose=0, callbacks=[progress],
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                failure_config=tune.FailureConfig(max_failures=args.max_failures)))
+    results = tuner.fit()
+    for r in results:
+        if r.error is not None:
+            sp = r.config["spec"] if r.config else {}
+            first = str(r.error).strip().splitlines()
+            print(f"[{study.name}] trial {sp.get('variant')}/s{sp.get('trial', {}).get('seed')} failed: "
+                  f"{first[-1] if first else r.error}", flush=True)
+    finished = done_keys(storage, study.name, trials)
+    _prune_checkpoints(results, finished, storage)
+    unfinished = [p for p in trials if p.key not in finished]
+    errored = sum(r.error is not None for r in results)
+    return bool(unfinished) and errored < len(unfinished)
+
+
+def _prune_checkpoints(results, finished: set[str], storage: Storage) -> None:
+    """Drop the checkpoints of trials whose record is written: they are never resumed (the
+    record is the result; Tune's own result files stay for TensorBoard and ExperimentAnalysis)."""
+    import pyarrow.fs as pafs
+    for r in results:
+        key = (r.config or {}).get("spec", {}).get("key")
+        if key not in finished or not r.path:
+            continue
+        try:
+            infos = storage.fs.get_file_info(pafs.FileSelector(r.path, allow_not_found=True))
+            for info in infos:
+                if info.type == pafs.FileType.Directory and info.base_name.startswith("checkpoint_"):
+                    storage.fs.delete_dir(info.path)
+        except OSError:
+            pass
+
+
+def _trial_name(trial) -> str:
+    sp = trial.config["spec"]
+    return f"{sp['variant']}-s{sp['trial']['seed']}-{sp['key'][:8]}".replace("/", "_").replace(" ", "_")

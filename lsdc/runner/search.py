@@ -1,0 +1,211 @@
+"""The Optuna search under Ray Tune: a sampler (TPE, seeded) proposes configurations of the
+registered search space, ASHA stops poor trials on their per-epoch objective, and Optuna's
+state lives in a journal file in the storage (safe with concurrent workers, resumable)."""
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import math
+import os
+import time
+from typing import Any
+
+import ray
+from ray import tune
+
+from .. import data as data_mod
+from ..config import SEARCH_CORE, Env, TrialConfig, resolve_precision_name, settable_names
+from ..planning import Planned, StudyArgs, StudyError
+from ..registry import load_plugins
+from ..storage import Storage
+from .cluster import check_resources, default_gpus_per_trial, init_ray, ray_env, remote
+from .progress import Progress
+from .tasks import pretrain_task
+from .trainable import run_tune_trial
+
+
+def searched_params(base: dict) -> list:
+    """The searched parameters: lambda, T and the learning rate, and every parameter of the
+    chosen labeler, mixing, pretraining method and head that declares a search space."""
+    from ..config import FAMILY_FIELDS
+    from ..registry import FAMILIES
+    params = list(SEARCH_CORE)
+    for fam in FAMILY_FIELDS:
+        params += [p for p in FAMILIES[fam].get(base[fam]).params if p.search is not None]
+    return params
+
+
+def search_space(trial, base: dict) -> None:
+    """Optuna define-by-run space, read from the registries (see :func:`searched_params`)."""
+    for p in searched_params(base):
+        space = p.search_space(base)
+        if space is None:
+            continue
+        kind, lo, hi, log = space
+        if kind == "int":
+            trial.suggest_int(p.name, int(lo), int(hi), log=log)
+        else:
+            trial.suggest_float(p.name, float(lo), float(hi), log=log)
+
+
+def search_trainable(config: dict[str, Any], fixed: dict[str, Any]) -> None:
+    """One search trial: the base config with every sampled parameter (none is dropped)."""
+    load_plugins(fixed.get("plugins") or ())
+    names = set(settable_names())
+    unknown = sorted(k for k in config if k not in names)
+    if unknown:
+        raise ValueError(f"search: sampled parameter {unknown[0]!r} is not a config field or registered parameter")
+    cfg = TrialConfig.from_dict({**fixed["base"], **config})
+    p = Planned("search", fixed["name"], "", "trial", cfg, fixed["fingerprint"], fixed["device_type"])
+    run_tune_trial(p, Env(**fixed["env"]), Storage(fixed["storage"]), fixed.get("checkpoint_every"),
+                   objective=fixed["objective"])
+
+
+def run_search(base: TrialConfig, args: StudyArgs, n_trials: int, objective: str, max_concurrent: int,
+               sampler_seed: int, asha: bool = True) -> int:
+    """Run (or resume) the search; returns the process exit code."""
+    with ray_env():
+        return _run_search(base, args, n_trials, objective, max_concurrent, sampler_seed, asha)
+
+
+def _run_search(base: TrialConfig, args: StudyArgs, n_trials: int, objective: str, max_concurrent: int,
+                sampler_seed: int, asha: bool = True) -> int:
+    """Optuna TPE (seeded) under Ray Tune, ASHA on the per-epoch objective, Optuna state in a
+    journal file in the storage (safe with concurrent workers, resumable)."""
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    load_plugins(args.plugins)
+    storage = Storage(args.storage)
+    if not storage.is_local:
+        raise StudyError("--storage: the search keeps Optuna's journal in a file, so it needs a local or shared "
+                         f"folder, not {args.storage!r}")
+    storage.check_location()
+    data_mod.check_available(base.dataset, args.env.data_root, args.env.download)
+    ds = os.path.basename(base.dataset).replace(".npz", "")
+    searched = {p.name for p in searched_params(base.to_dict())}
+    bkey = {k: v for k, v in base.to_dict().items() if k not in searched}
+    tag = hashlib.sha256(json.dumps(bkey, sort_keys=True).encode()).hexdigest()[:8]
+    name = f"search-{ds}-{base.labeler}-{objective}-{tag}"
+    t_start = time.perf_counter()
+    interrupted = False
+    from .orchestrate import plugin_env
+    try:
+        init_ray(args.address, dashboard=args.dashboard, env_vars=plugin_env(args))
+        gpus = default_gpus_per_trial() if args.gpus_per_trial is None else args.gpus_per_trial
+        check_resources(gpus, args.cpus_per_trial)   # before anything is written
+        device_type = "cuda" if gpus > 0 else "cpu"
+        base = base.replace(precision=resolve_precision_name(base.precision, device_type))
+        fingerprint = data_mod.fingerprint(base.dataset, args.env.data_root, base.split, args.env.download)
+        storage.check_writable()
+        os.makedirs(storage.path("search"), exist_ok=True)
+        journal = JournalStorage(JournalFileBackend(storage.path("search", f"{name}.journal")))
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        study = optuna.create_study(study_name=name, storage=journal, direction="maximize", load_if_exists=True)
+        done = sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+        print(f"[search] {name}: objective {objective}, {done}/{n_trials} trials done, journal "
+              f"{storage.path('search', name + '.journal')}", flush=True)
+        fixed = {"base": base.to_dict(), "env": args.env.to_dict(), "storage": storage.uri, "name": name,
+                 "objective": objective, "checkpoint_every": args.checkpoint_every, "fingerprint": fingerprint,
+                 "device_type": device_type, "plugins": list(args.plugins)}
+        trainable = tune.with_resources(tune.with_parameters(search_trainable, fixed=fixed),
+                                        {"cpu": args.cpus_per_trial, "gpu": gpus})
+        if base.pretrain != "none":
+            planned = Planned("search", name, "", "trial", base, fingerprint, device_type)
+            ray.get(remote(pretrain_task, args.cpus_per_trial, gpus).remote(
+                planned.to_dict(), args.env.to_dict(), storage.uri))
+        while not interrupted:
+            states = [t.state for t in study.trials]
+            done = states.count(optuna.trial.TrialState.COMPLETE)
+            runs = sorted(int(d.rsplit("-r", 1)[1]) for d in storage.list_dirs("search/tune")
+                          if d.startswith(name + "-r") and d.rsplit("-r", 1)[1].isdigit())
+            last = storage.uri_of("search", "tune", f"{name}-r{runs[-1]}") if runs else None
+            resume = last is not None and optuna.trial.TrialState.RUNNING in states and tune.Tuner.can_restore(last)
+            if done >= n_trials and not resume:
+                break
+            if resume:
+                print(f"[search] resuming the interrupted Ray Tune experiment {last}", flush=True)
+                tuner = tune.Tuner.restore(last, trainable=trainable, resume_unfinished=True, resume_errored=True)
+            else:
+                run = f"{name}-r{(runs[-1] + 1) if runs else 1}"
+                searcher = OptunaSearch(space=functools.partial(search_space, base=fixed["base"]),
+                                        metric="objective", mode="max",
+                                        sampler=optuna.samplers.TPESampler(seed=sampler_seed + len(runs)),
+                                        storage=journal, study_name=name)
+                scheduler = ASHAScheduler(time_attr="training_iteration", max_t=base.epochs,
+                                          grace_period=max(1, base.epochs // 4), reduction_factor=3) \
+                    if asha else FIFOScheduler()
+                tuner = tune.Tuner(
+                    trainable,
+                    tune_config=tune.TuneConfig(
+                        metric="objective", mode="max", num_samples=n_trials - done, scheduler=scheduler,
+                        search_alg=ConcurrencyLimiter(searcher, max_concurrent=max_concurrent), reuse_actors=True),
+                    run_config=tune.RunConfig(
+                        storage_path=storage.uri_of("search", "tune"), name=run, verbose=0,
+                        callbacks=[Progress("search", n_trials, done, quiet=args.quiet, epochs=base.epochs)],
+                        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                        failure_config=tune.FailureConfig(max_failures=args.max_failures)))
+            results = tuner.fit()
+            _merge_search_results(storage, name, results, base)
+            errors = [r for r in results if r.error is not None]
+            now = sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+            if errors or now == done:   # failures (reported above) or no progress: stop here
+                interrupted = now < n_trials and not errors
+                break
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+    summary = _summarise_search(storage, name, objective, base, journal)
+    print(f"[search] wall {time.perf_counter() - t_start:.1f} s; best of {summary['n_trials']} trials "
+          f"({summary['n_pruned']} stopped early by ASHA): objective {summary['best']['objective']:.4f}, "
+          f"ACC {summary['best']['acc']:.4f}", flush=True)
+    print("[search] best configuration: " + json.dumps(summary["best"]["params"]), flush=True)
+    print(f"[search] Spearman rank correlation of {objective} with ACC over the trials: "
+          f"{summary['spearman_vs_acc']}", flush=True)
+    print(f"[search] written {storage.path('search', 'best-' + name + '.json')}", flush=True)
+    return 130 if interrupted else 0
+
+
+def _merge_search_results(storage: Storage, name: str, results, base: TrialConfig) -> None:
+    rel = f"search/{name}-trials.json"
+    table = storage.read_json(rel) if storage.exists(rel) else {}
+    for r in results:
+        m = r.metrics or {}
+        if not m or r.config is None:
+            continue
+        params = dict(r.config)
+        key = m.get("trial_key") or json.dumps(params, sort_keys=True)
+        table[key] = {"params": params, "objective": m.get("objective"), "acc": m.get("acc"),
+                      "label_free": m.get("label_free"), "epochs_run": m.get("epoch"),
+                      "complete": bool(m.get("trial_done")), "diverged": bool(m.get("diverged")),
+                      "error": None if r.error is None else str(r.error).strip().splitlines()[-1][:300]}
+    storage.write_json(rel, table)
+
+
+def _summarise_search(storage: Storage, name: str, objective: str, base: TrialConfig, journal) -> dict:
+    from scipy.stats import spearmanr
+    rel = f"search/{name}-trials.json"
+    table = storage.read_json(rel) if storage.exists(rel) else {}
+    rows = [t for t in table.values() if t.get("objective") is not None]
+    rows.sort(key=lambda t: (-(t["objective"] if math.isfinite(t["objective"]) else -math.inf)))
+    pairs = [(t["objective"], t["acc"]) for t in rows if t.get("acc") is not None and not t["diverged"]]
+    rho = None
+    if len(pairs) >= 3:
+        rho = spearmanr([p[0] for p in pairs], [p[1] for p in pairs]).statistic
+        rho = None if rho is None or not math.isfinite(rho) else round(float(rho), 3)
+    top = [{"rank": i + 1, **t} for i, t in enumerate(rows[:10])]
+    best = top[0] if top else {"objective": float("nan"), "acc": float("nan"), "params": {}}
+    summary = {"study": name, "dataset": base.dataset, "objective": objective, "n_trials": len(rows),
+               "n_pruned": sum(not t["complete"] for t in rows), "spearman_vs_acc": rho,
+               "best": best, "best_config": {**base.to_dict(), **best.get("params", {})}, "top": top}
+    storage.write_json(f"search/best-{name}.json", summary)
+    return summary
+
+
