@@ -1,8 +1,10 @@
 """Every study of the supplement (and ours), declared once: the scripts in ``studies/`` run
-them and :mod:`lsdc.tables` renders them. Paper values are the supplement's ACC (%)."""
+them and :mod:`lsdc.tables` renders them. Paper values are the supplement's ACC (%), ``paper_n``
+the supplement's number of seeds behind each of them, ``reference`` the column that the tables
+compare the others with."""
 from __future__ import annotations
 
-from .config import LABELER_PARAMS
+from .config import LABELER_PARAMS, ConfigError, preset
 from .study import Study, Variant
 
 C10, C100 = "cifar10", "cifar100-20"
@@ -16,7 +18,21 @@ BATCH_SIZE = Study(
     paper={C10: {"64": "72.4±1.3", "128": "76.9±1.5", "256": "81.7±0.9", "512": "80.9±1.2"},
            C100: {"64": "46.2±0.2", "128": "42.2±0.0", "256": "42.3±1.0", "512": "31.9±1.0"}},
     paper_note="two seeds, except 256: ten",
+    paper_n={ds: {"64": 2, "128": 2, "256": 10, "512": 2} for ds in (C10, C100)},
+    reference="256",
 )
+
+_LABELER_LABELS = {"cosine": "cosine", "sne": "SNE", "knn": "kNN"}
+
+
+def preset_labeler_column(dataset: str) -> str | None:
+    """The labeler study's reference: the column of the dataset preset's labeler (kNN for cifar10,
+    digits...); None for a dataset without a preset (an .npz file)."""
+    try:
+        return _LABELER_LABELS.get(preset(dataset).get("labeler"))
+    except ConfigError:
+        return None
+
 
 LABELER = Study(
     name="labeler", title="Labelers: cosine / SNE / kNN pairwise labels",
@@ -24,6 +40,7 @@ LABELER = Study(
     variants=tuple(Variant(label, {"labeler": name}, requires=LABELER_PARAMS[name])
                    for label, name in (("cosine", "cosine"), ("SNE", "sne"), ("kNN", "knn"))),
     debug_variant=2,
+    reference=preset_labeler_column,
 )
 
 LOSSES = Study(
@@ -38,6 +55,8 @@ LOSSES = Study(
     paper={C10: {"K-means": "14.3", "Ours (kNN)": "81.7", "w/o MSE": "80.2", "w/ non-lin.": "82.0"},
            C100: {"K-means": "9.1", "Ours (kNN)": "40.5", "w/o MSE": "39.2", "w/ non-lin.": "38.6"}},
     paper_note="one seed each; K-means on RotNet features",
+    paper_n={ds: {"K-means": 1, "Ours (kNN)": 1, "w/o MSE": 1, "w/ non-lin.": 1} for ds in (C10, C100)},
+    reference="Ours (kNN)",
 )
 
 BLOCK_DEPTH = Study(
@@ -50,6 +69,8 @@ BLOCK_DEPTH = Study(
     paper={C10: {"#2": "53.6±1.4", "#3": "81.7±0.9", "#4 (linear layer)": "14.7±0.0"},
            C100: {"#2": "30.6±0.4", "#3": "42.3±1.0", "#4 (linear layer)": "10.8±0.1"}},
     paper_note="two seeds, except #3: ten",
+    paper_n={ds: {"#2": 2, "#3": 10, "#4 (linear layer)": 2} for ds in (C10, C100)},
+    reference="#3",
 )
 
 _METHODS = (("RotNet", "rotnet"), ("SimCLR", "simclr"), ("MoCo v2", "moco"))
@@ -66,6 +87,9 @@ PRETRAINING = Study(
                  ("Ours (SNE)", "RotNet"): "81.7", ("Ours (SNE)", "SimCLR"): "43.5",
                  ("Ours (SNE)", "MoCo v2"): "23.7"}},
     paper_note="CIFAR-10 only; one seed, except RotNet: ten",
+    paper_n={C10: {(row, m): 10 if (row, m) == ("Ours (SNE)", "RotNet") else 1
+                   for row in ("K-means", "Ours (SNE)") for m, _ in _METHODS}},
+    reference="RotNet",
 )
 
 MIXING = Study(
@@ -77,6 +101,7 @@ MIXING = Study(
               Variant("RICAP (corrected)", {"mixing": "ricap", "ricap_target": "corrected"}),
               Variant("MixUp", {"mixing": "mixup", "weight_decay": 1e-4}),
               Variant("none", {"mixing": "none"})),
+    reference="RICAP (reference)",
 )
 
 SEEDS = Study(
@@ -86,6 +111,7 @@ SEEDS = Study(
     variants=(Variant("LSD-C", {}, seeds=10),),
     paper={C10: {"LSD-C": "81.7±0.9"}, C100: {"LSD-C": "42.3±1.0"}},
     paper_note="Table 3/5's ten-seed row (SNE)",
+    paper_n={C10: {"LSD-C": 10}, C100: {"LSD-C": 10}},
 )
 
 STUDIES: dict[str, Study] = {s.name: s for s in (BATCH_SIZE, LABELER, LOSSES, BLOCK_DEPTH, PRETRAINING, MIXING, SEEDS)}
