@@ -68,7 +68,7 @@ def welch(mean_a: float, sd_a: float | None, n_a: int, mean_b: float, sd_b: floa
     from scipy import stats
     t, p = stats.ttest_ind_from_stats(mean_a, sd_a, n_a, mean_b, sd_b, n_b, equal_var=False)
     df = se2 ** 2 / (va ** 2 / (n_a - 1) + vb ** 2 / (n_b - 1))
-    half = stats.t.ppf(1 - ALPHA / 2, df) * math.sqrt(se2)
+    half = float(stats.t.ppf(1 - ALPHA / 2, df)) * math.sqrt(se2)
     return Test(diff, p=float(p), ci=(diff - half, diff + half), df=float(df))
 
 
