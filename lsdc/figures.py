@@ -86,7 +86,7 @@ def batch_size_curve(study, sub: pd.DataFrame, out_dir: str) -> list[tuple[str, 
                    "seeds (n beside each point); hollow markers and dashed lines are the paper's values.")]
 
 
-def bars(study, sub: pd.DataFrame, out_dir: str) -> list[tuple[str, str]]:
+def bars(study, sub: pd.DataFrame, out_dir: str, xlabel: str = "column of the table") -> list[tuple[str, str]]:
     """Grouped bars: one cluster per column of the study, one bar per (dataset/setting, row), mean ± std
     over seeds; the paper's values as hollow diamonds. ``sub``: finished records with group, row,
     variant, acc_pct."""
@@ -125,7 +125,7 @@ def bars(study, sub: pd.DataFrame, out_dir: str) -> list[tuple[str, str]]:
         ax.errorbar(xs, ms, yerr=sds, fmt="D", markerfacecolor="white", color=OKABE_ITO[(k + 1 + j) % 8],
                     capsize=3, label=f"paper: {ds}" + (f", {r}" if r else ""))
     ax.set_xticks(range(len(labels)), labels, fontsize=8)
-    ax.set_xlabel("column of the table")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("clustering ACC (%)")
     ax.set_title(f"{study.title} (mean ± std over seeds)", fontsize=9)
     ax.grid(axis="y", alpha=0.3)

@@ -118,7 +118,7 @@ EXPLANATIONS = (
     "setting and row), with the 95 % Welch confidence interval of that difference and its p-value.",
     "**seeds for 80 % power**: where a difference is not significant, the number of seeds per column a two-sided "
     "t-test at alpha 0.05 would need to detect a true difference of that size 80 % of the time, given our "
-    "standard deviation (the pooled one of the two columns).",
+    "standard deviation (against the paper, our column's; between two of our columns, their pooled one).",
     "No correction for multiple comparisons is applied: each p-value concerns one comparison alone, so among "
     "many comparisons some p < 0.05 are expected by chance.",
 )

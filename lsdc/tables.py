@@ -366,6 +366,10 @@ LOSSY_NOTE = ("‡: computed (at least partly) on the lossy JPEG copy of CIFAR-1
               "lossy); expect values somewhat below those on the original PNG data.")
 
 
+BAR_AXES = {"block_depth": "trainable from macro block (Table 3 numbering)",
+            "pretraining": "self-supervised pretraining of the backbone"}
+
+
 def _study_figures(study: Study, df: pd.DataFrame, epochs: pd.DataFrame, out_dir: str) -> list[tuple[str, str]]:
     from . import figures
     groups = _groups(study, df)
@@ -378,8 +382,8 @@ def _study_figures(study: Study, df: pd.DataFrame, epochs: pd.DataFrame, out_dir
     out = []
     if study.name == "batch_size":
         out += figures.batch_size_curve(study, fin[fin["kind"] == "trial"], out_dir)
-    if study.name in ("block_depth", "pretraining"):
-        out += figures.bars(study, fin, out_dir)
+    if study.name in BAR_AXES:
+        out += figures.bars(study, fin, out_dir, xlabel=BAR_AXES[study.name])
     ep = epochs[epochs["study"] == study.name].merge(sub[["key", "group"]], on="key", how="inner")
     out += figures.training_curves(study, ep[ep["kind"] == "trial"], out_dir)
     return out
@@ -439,6 +443,10 @@ def document(storage: Storage, out_path: str, figures_dir: str | None = None) ->
     st = _seeds_grid(df) if not df.empty else None
     if st:
         doc += [("table", *st), *(("note", p) for p in provenance(df[df["study"] == "seeds"]))]
+        stat_rows = study_grid(STUDIES["seeds"], df)[2]
+        if stat_rows:
+            doc += [("p", "Statistics of ACC (points of %) against the paper, Welch. `*`: p < 0.05, uncorrected."),
+                    ("table", ["dataset", "column"] + STAT_HEADER, stat_rows)]
         if df.loc[df["study"] == "seeds", "data_lossy"].fillna(False).astype(bool).any():
             doc.append(("note", LOSSY_NOTE))
         for path, caption in _study_figures(STUDIES["seeds"], df, epochs, fig_dir):
