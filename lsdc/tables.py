@@ -1,9 +1,19 @@
-"""Markdown tables (and Figure 1) from stored records, in the supplement's layout.
+"""Markdown tables (and figures) from stored records, in the supplement's layout, and one HTML report.
 
 Reads only the storage (no cluster). Each cell is ``mean ± std (n)`` of the last-epoch ACC
 in percent over the finished records of that cell, with the paper's value beside it where
 the paper has one; diverged trials are counted apart, never averaged. A study without
 records is listed as not run, a cell without records shows "—": nothing is filled in.
+
+Statistics (:mod:`lsdc.stats`): where the paper has the cell, our mean minus the paper's with a
+two-sided Welch t-test (``*``: p < 0.05; no test where the paper has one seed or no std); below
+each table, each column's difference from the study's reference column with its 95 % Welch CI,
+and, where not significant, the seeds per column needed for 80 % power. No correction for
+multiple comparisons. Cells computed on the lossy CIFAR-10 JPEG copy are marked ``‡``.
+
+:func:`document` builds the report as blocks; :func:`to_markdown` writes ``tables.md`` and
+:func:`lsdc.report.to_html` the self-contained ``report.html``; figures come from
+:mod:`lsdc.figures` and the tidy frames from :mod:`lsdc.results` (``--csv``).
 """
 from __future__ import annotations
 

@@ -139,3 +139,21 @@ def test_results_load_copes_with_a_copied_store(tmp_path):
     shutil.copytree(STORE_V1, tmp_path / "s")
     (tmp_path / "s" / "losses" / "records" / "junk.json").write_text("{not json")
     assert len(results.load(str(tmp_path / "s"))) == 8                            # unreadable: skipped
+
+
+def test_analysis_modules_import_no_heavy_library_at_top_level():
+    """lsdc.tables and the modules it adds import neither torch nor ray themselves, and matplotlib and scipy
+    only inside functions. (Today `import lsdc.tables` still loads torch through lsdc/__init__.py -> trial,
+    config -> data and study -> models, which are outside this change.)"""
+    import ast
+    import subprocess
+    import sys
+    for name in ("tables.py", "results.py", "stats.py", "report.py", "figures.py"):
+        tree = ast.parse(open(os.path.join(ROOT, "lsdc", name)).read())
+        top = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
+        mods = {a.name.split(".")[0] for n in top if isinstance(n, ast.Import) for a in n.names} | \
+            {(n.module or "").split(".")[0] for n in top if isinstance(n, ast.ImportFrom) and not n.level}
+        assert not mods & {"torch", "ray", "matplotlib", "scipy"}, (name, mods)
+    r = subprocess.run([sys.executable, "-c", "import sys, lsdc.tables; print('ray' in sys.modules)"],
+                       capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": ROOT})
+    assert r.returncode == 0 and r.stdout.strip() == "False", r.stderr
