@@ -46,6 +46,11 @@ class Study:
     description: str = ""
     paper: dict[str, dict[Any, str]] = field(default_factory=dict)
     paper_note: str = ""
+    # the paper's number of seeds behind each ``paper`` cell, same keys (an int per cell)
+    paper_n: dict[str, dict[Any, int]] = field(default_factory=dict)
+    # the column the others are compared with (within each row): a label, or a function of the
+    # dataset giving the label (None: no reference for that dataset)
+    reference: Any = None
 
     @property
     def labels(self) -> list[str]:

@@ -102,7 +102,7 @@ def _check(rec: Any, key: str) -> dict:
     if content_key(rec) != key:
         raise ValueError("its content does not hash to its file name")
     if rec.get("schema") == 1:
-        rec = dict(rec, data={"fingerprint": None, "source": NOT_FINGERPRINTED})
+        rec = dict(rec, data={"fingerprint": None, "note": NOT_FINGERPRINTED})
     return rec
 
 
@@ -155,3 +155,22 @@ def reuse_records(storage: Storage, study: str, planned: list) -> int:
             storage.write_json(record_path(study, found), rec)
             n += 1
     return n
+
+
+def seal(rec: dict, fingerprint: str = "0123456789abcdef") -> dict:
+    """A schema-2 record from a record-like dict with a ``config`` (for tests, tools and
+    migrations): resolves the precision, adds the effective configuration and the data
+    fingerprint (``rec["data"]["fingerprint"]`` if given), and sets ``key`` to what the
+    content hashes to. Returns a new dict."""
+    from .config import TrialConfig
+    out = dict(rec)
+    cfg = TrialConfig.from_dict(out["config"])
+    if cfg.precision == "auto":
+        cfg = cfg.replace(precision=rec.get("precision") or "fp32")
+    kind = out.get("kind", "trial")
+    data = dict(out.get("data") or {})
+    data.setdefault("fingerprint", fingerprint)
+    out.update(schema=SCHEMA, key_scheme=keys.SCHEME, config=cfg.to_dict(), precision=cfg.precision, data=data,
+               effective=keys.kmeans_effective(cfg) if kind == "kmeans" else keys.effective(cfg))
+    out["key"] = content_key(out)
+    return out

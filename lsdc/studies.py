@@ -1,7 +1,10 @@
 """Every study of the supplement (and ours), declared once: the scripts in ``studies/`` run
-them and :mod:`lsdc.tables` renders them. Paper values are the supplement's ACC (%)."""
+them and :mod:`lsdc.tables` renders them. Paper values are the supplement's ACC (%), ``paper_n``
+the supplement's number of seeds behind each of them, ``reference`` the column that the tables
+compare the others with."""
 from __future__ import annotations
 
+from .config import ConfigError, preset
 from .planning import Study, Variant
 
 C10, C100 = "cifar10", "cifar100-20"
@@ -15,7 +18,19 @@ BATCH_SIZE = Study(
     paper={C10: {"64": "72.4±1.3", "128": "76.9±1.5", "256": "81.7±0.9", "512": "80.9±1.2"},
            C100: {"64": "46.2±0.2", "128": "42.2±0.0", "256": "42.3±1.0", "512": "31.9±1.0"}},
     paper_note="two seeds, except 256: ten",
+    paper_n={ds: {"64": 2, "128": 2, "256": 10, "512": 2} for ds in (C10, C100)},
+    reference="256",
 )
+
+def preset_labeler_column(dataset: str) -> str | None:
+    """The labeler study's reference: the column of the dataset preset's labeler (kNN for cifar10,
+    digits...); None for a dataset without a preset (an .npz file)."""
+    from .registry import LABELERS, RegistryError
+    try:
+        return LABELERS.get(preset(dataset).get("labeler")).display
+    except (ConfigError, RegistryError, KeyError):
+        return None
+
 
 def _labeler_study() -> Study:
     """Every registered labeler with its preset parameters for the dataset (columns without
@@ -26,7 +41,8 @@ def _labeler_study() -> Study:
         name="labeler", title="Labelers: " + " / ".join(e.display for e in entries) + " pairwise labels",
         description="Each labeler with its Table 1 parameters for the dataset (columns without them are skipped).",
         variants=tuple(Variant(e.display, {"labeler": e.name}, requires=e.param_names) for e in entries),
-        debug_variant=next((i for i, e in enumerate(entries) if e.name == "knn"), 0))
+        debug_variant=next((i for i, e in enumerate(entries) if e.name == "knn"), 0),
+        reference=preset_labeler_column)
 
 LOSSES = Study(
     name="losses", title="Table 2: impact of the different losses",
@@ -40,6 +56,8 @@ LOSSES = Study(
     paper={C10: {"K-means": "14.3", "Ours (kNN)": "81.7", "w/o MSE": "80.2", "w/ non-lin.": "82.0"},
            C100: {"K-means": "9.1", "Ours (kNN)": "40.5", "w/o MSE": "39.2", "w/ non-lin.": "38.6"}},
     paper_note="one seed each; K-means on RotNet features",
+    paper_n={ds: {"K-means": 1, "Ours (kNN)": 1, "w/o MSE": 1, "w/ non-lin.": 1} for ds in (C10, C100)},
+    reference="Ours (kNN)",
 )
 
 BLOCK_DEPTH = Study(
@@ -52,6 +70,8 @@ BLOCK_DEPTH = Study(
     paper={C10: {"#2": "53.6±1.4", "#3": "81.7±0.9", "#4 (linear layer)": "14.7±0.0"},
            C100: {"#2": "30.6±0.4", "#3": "42.3±1.0", "#4 (linear layer)": "10.8±0.1"}},
     paper_note="two seeds, except #3: ten",
+    paper_n={ds: {"#2": 2, "#3": 10, "#4 (linear layer)": 2} for ds in (C10, C100)},
+    reference="#3",
 )
 
 _METHODS = (("RotNet", "rotnet"), ("SimCLR", "simclr"), ("MoCo v2", "moco"))
@@ -68,6 +88,9 @@ PRETRAINING = Study(
                  ("Ours (SNE)", "RotNet"): "81.7", ("Ours (SNE)", "SimCLR"): "43.5",
                  ("Ours (SNE)", "MoCo v2"): "23.7"}},
     paper_note="CIFAR-10 only; one seed, except RotNet: ten",
+    paper_n={C10: {(row, m): 10 if (row, m) == ("Ours (SNE)", "RotNet") else 1
+                   for row in ("K-means", "Ours (SNE)") for m, _ in _METHODS}},
+    reference="RotNet",
 )
 
 MIXING = Study(
@@ -79,6 +102,7 @@ MIXING = Study(
               Variant("RICAP (corrected)", {"mixing": "ricap", "ricap_target": "corrected"}),
               Variant("MixUp", {"mixing": "mixup", "weight_decay": 1e-4}),
               Variant("none", {"mixing": "none"})),
+    reference="RICAP (reference)",
 )
 
 SEEDS = Study(
@@ -88,6 +112,7 @@ SEEDS = Study(
     variants=(Variant("LSD-C", {}, seeds=10),),
     paper={C10: {"LSD-C": "81.7±0.9"}, C100: {"LSD-C": "42.3±1.0"}},
     paper_note="Table 3/5's ten-seed row (SNE)",
+    paper_n={C10: {"LSD-C": 10}, C100: {"LSD-C": 10}},
 )
 
 ORDER = ("batch_size", "labeler", "losses", "block_depth", "pretraining", "mixing", "seeds")

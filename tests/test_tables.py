@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from lsdc.config import make_config
+from lsdc.records import seal
 from lsdc.storage import Storage
 from lsdc.tables import cell, render
 
@@ -17,13 +18,13 @@ def record(study, variant, dataset, seed, acc, status="finished", row="", kind="
     c = make_config(dataset, seed=seed, **({"epochs": epochs} if epochs else {}), **cfg)
     n = 10 if dataset != "cifar100-20" else 20
     conf = (np.eye(n, dtype=int) * 50 + 1).tolist()
-    return {"schema": 1, "kind": kind, "study": study, "variant": variant, "row": row, "key": f"{study}-{dataset}-{row}-{variant}-{seed}".replace(" ", "_"),
+    return seal({"schema": 1, "kind": kind, "study": study, "variant": variant, "row": row,
             "dataset": dataset, "seed": seed, "config": c.to_dict(), "status": status,
             "diverged_epoch": 3 if status == "diverged" else None, "epochs_done": c.epochs,
             "final": {"acc": acc, "nmi": 0.5, "ari": 0.4, "confident_frac": 0.6, "confident_acc": 0.9}
             if status == "finished" else {"acc": None},
             "history": [], "confusion": {"all": conf, "confident": conf}, "wall_s": 1.0,
-            "hardware": {"cpu": "test cpu", "torch_threads": 1}, "git_commit": "abcdef1234567890"}
+            "hardware": {"cpu": "test cpu", "torch_threads": 1}, "git_commit": "abcdef1234567890"})
 
 
 @pytest.fixture
