@@ -25,3 +25,12 @@ def tiny_cfg():
 
 
 SHARED_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
+
+
+def pytest_collection_modifyitems(config, items):
+    """tests/unit: fast tests of the maths, configs, keys and tables (no Ray): ``-m unit``.
+    tests/runner: short real runs on local Ray clusters: ``-m ray``."""
+    import pytest
+    for item in items:
+        parts = str(item.fspath).split(os.sep)
+        item.add_marker(pytest.mark.unit if "unit" in parts else pytest.mark.ray)

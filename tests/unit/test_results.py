@@ -14,7 +14,7 @@ from lsdc.keys import legacy_v1_key
 from lsdc.storage import Storage
 from lsdc.tables import main, records_frame
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STORE_V1 = os.path.join(ROOT, "tests", "fixtures", "store_v1")
 
 

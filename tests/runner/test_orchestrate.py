@@ -14,7 +14,7 @@ TINY = ["--dataset", "digits", "--epochs", "2", "--pretrain-epochs", "1", "--set
         "--set", "batch_size=64", "--quiet"]
 STUDY = Study(name="tiny", title="a tiny study", variants=(Variant("a", {"labeler": "knn"}),
                                                            Variant("b", {"labeler": "cosine"})))
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +72,41 @@ def test_make_tables_on_the_run(ran, tmp_path):
     assert out.returncode == 0, out.stderr
     text = (tmp_path / "t.md").read_text()
     assert "Table 5" in text and "Not run yet" in text
+    # this storage's own study, with the records of this run: both columns, every seed
+    import re
+    section = text[text.index("## Study 'tiny'"):]
+    row = next(line for line in section.splitlines() if line.startswith("| digits"))
+    cells = [c.strip() for c in row.strip("|").split("|")[1:]]
+    ns = [int(m.group(1)) for c in cells for m in [re.search(r"± \d+\.\d \((\d+)\)", c)] if m]
+    records, _ = read_records(Storage(storage), ["tiny"])
+    assert len(ns) == 2 and sum(ns) == len(records)
+
+
+def test_tune_outputs_tensorboard_and_experiment_analysis_find_every_trial(ran):
+    """Ray Tune's own outputs are kept: ExperimentAnalysis over the study's Tune folders (one
+    per run) returns every trial, and every trial's per-epoch ACC is in its TensorBoard events."""
+    import glob
+
+    from ray.tune import ExperimentAnalysis
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    storage, _ = ran
+    records = {r["key"]: r for r in read_records(Storage(storage), ["tiny"])[0]}
+    tune_root = os.path.join(storage, "tiny", "tune")
+    seen = {}
+    for exp in sorted(glob.glob(os.path.join(tune_root, "*", ""))):
+        ea = ExperimentAnalysis(exp)
+        for t in ea.trials:
+            key = t.config["spec"]["key"]
+            events = glob.glob(os.path.join(t.path, "events.out.tfevents*"))
+            assert events, t.path
+            acc = EventAccumulator(t.path)
+            acc.Reload()
+            seen[key] = [e.value for e in acc.Scalars("ray/tune/acc")]
+        assert len(ea.dataframe()) == len(ea.trials)
+    assert set(seen) == set(records)                     # every trial, across the runs' folders
+    for key, values in seen.items():
+        want = [h["acc"] for h in records[key]["history"]]
+        assert values == pytest.approx(want, rel=1e-5)
 
 
 def test_debug_mode_runs_one_trial_in_process_without_ray(tmp_path, capsys):

@@ -11,7 +11,7 @@ from lsdc.studies import LOSSES
 from lsdc.study import main
 from lsdc.tables import render
 
-FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "store_v1")
+FIXTURE = os.path.join(os.path.dirname(__file__), "..", "fixtures", "store_v1")
 # the digits preset of lsdc 0.1 with the command's overrides: every field a preset sets
 PINNED = dict(width=0.125, batch_size=64, epochs=2, pretrain_epochs=1, lr_steps=[], rampup=0, lr=0.05, lam=2.0,
               optimizer="sgd", freeze_from=2, pretrain="simclr", pretrain_augment="strong", pretrain_batch_size=128,

@@ -11,7 +11,7 @@ from lsdc.records import seal
 from lsdc.storage import Storage
 from lsdc.tables import cell, render
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def record(study, variant, dataset, seed, acc, status="finished", row="", kind="trial", epochs=None, **cfg):

@@ -1,8 +1,8 @@
-"""A tiny study for the fault-injection tests, run as its own process: python tests/fault_study.py ..."""
+"""A tiny study for the fault-injection tests, run as its own process: python tests/runner/fault_study.py ..."""
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from lsdc.study import Study, Variant, main  # noqa: E402
 
 STUDY = Study(name="faults", title="fault injection",
