@@ -75,11 +75,12 @@ def test_make_tables_on_the_run(ran, tmp_path):
     # this storage's own study, with the records of this run: both columns, every seed
     import re
     section = text[text.index("## Study 'tiny'"):]
-    row = next(line for line in section.splitlines() if line.startswith("| digits"))
-    cells = [c.strip() for c in row.strip("|").split("|")[1:]]
+    section = section[:section.index("\n## ", 3)]
+    rows = [line for line in section.splitlines() if line.startswith("| digits")]
+    cells = [c.strip() for row in rows for c in row.strip("|").split("|")[1:]]
     ns = [int(m.group(1)) for c in cells for m in [re.search(r"± \d+\.\d \((\d+)\)", c)] if m]
     records, _ = read_records(Storage(storage), ["tiny"])
-    assert len(ns) == 2 and sum(ns) == len(records)
+    assert len(ns) == 2 and sum(ns) == len(records)      # columns a and b (each its own labeler setting)
 
 
 def test_tune_outputs_tensorboard_and_experiment_analysis_find_every_trial(ran):
