@@ -6,9 +6,20 @@ from typing import Sequence
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
-from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 CONFIDENCE = 0.9
+
+
+# scikit-learn sets environment variables (KMP_*) when imported: imported on first use, so that
+# importing lsdc changes nothing in the importing process
+def normalized_mutual_info_score(a, b) -> float:
+    from sklearn.metrics import normalized_mutual_info_score as nmi
+    return nmi(a, b)
+
+
+def adjusted_rand_score(a, b) -> float:
+    from sklearn.metrics import adjusted_rand_score as ari
+    return ari(a, b)
 
 
 def _as_int(a: Sequence[int] | np.ndarray) -> np.ndarray:

@@ -58,14 +58,14 @@ def test_no_import_cycle_at_module_level():
 
 
 def test_importing_every_module_changes_no_environment_variable():
-    names = sorted(m for m, _ in _modules())
+    names = sorted(m for m, _ in _modules() if not m.endswith("__main__"))   # __main__ runs the CLI
     code = ("import os, importlib, json; before = dict(os.environ)\n"
             "import ray, ray.tune, torch, optuna\n"                # their own import-time effects are theirs
             "mid = dict(os.environ)\n"
             f"[importlib.import_module(m) for m in {names!r}]\n"
             "after = dict(os.environ)\n"
             "print(json.dumps(sorted(set(after.items()) ^ set(mid.items()))))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "[]"
 
