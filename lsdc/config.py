@@ -23,7 +23,7 @@ from .registry import RegistryError
 OPTIMIZERS = ("sgd", "adam")
 FROZEN_BN = ("train", "eval")
 SHORTCUTS = ("free", "conv")
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = ("fp32", "tf32", "bf16", "auto")
 FAMILY_FIELDS = ("labeler", "mixing", "pretrain", "head")
 
 
@@ -78,7 +78,9 @@ class TrialConfig:
     seed: int = 0
     # execution: how, not what (still part of the record and the key)
     device: str = "auto"                # "auto" | "cpu" | "cuda" | "cuda:N"
-    precision: str = "auto"             # "auto" (bf16 on CUDA, fp32 on CPU) | "fp32" | "bf16"
+    # "fp32" (the reference code's numerics, default) | "tf32" (CUDA: TF32 matmuls and convolutions;
+    # fp32 on CPUs) | "bf16" (autocast of the forward passes) | "auto" (bf16 on CUDA, fp32 on CPUs)
+    precision: str = "fp32"
     fused_views: bool = False           # one forward of the three views (BatchNorm over 3B) instead of three
     compile: bool = False               # torch.compile the trainable part
     eval_every: int = 1                 # evaluate every k epochs (the last epoch always)
@@ -268,7 +270,8 @@ SEARCH_CORE = (
 
 
 def resolve_precision_name(precision: str, device_type: str) -> str:
-    """``auto`` is bf16 on CUDA and fp32 elsewhere; anything else stays as it is."""
+    """``auto`` is bf16 on CUDA and fp32 elsewhere; anything else stays as it is (``tf32`` too:
+    on CPUs it computes in fp32, but keeps its name, so that a precision study's rows stay apart)."""
     if precision == "auto":
         return "bf16" if device_type == "cuda" else "fp32"
     return precision
