@@ -316,6 +316,10 @@ def make_config(dataset: str = "digits", *, scale_schedule: bool = True, **overr
         raise ConfigError(str(e)) from None
     values = preset(dataset)
     values["dataset"] = dataset
+    if "pretrain_recipe" in values and not {"train", "test"} <= set(data_mod.get_spec(dataset).splits):
+        # users' .npz files start from CIFAR-10's preset, but have no canonical test split:
+        # RotNet keeps lsdc 0.1's recipe there (as on digits)
+        values["pretrain_recipe"] = "lsdc-0.1"
     if scale_schedule and "epochs" in overrides and overrides["epochs"] != values.get("epochs"):
         _number("epochs", overrides["epochs"], 1, integer=True)
         ratio = overrides["epochs"] / values["epochs"]
