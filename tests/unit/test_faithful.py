@@ -166,9 +166,17 @@ def test_pair_metrics_on_a_hand_made_case():
     assert cluster_size_stats([0, 1, 2], 3)["size_entropy"] == pytest.approx(np.log(3))
 
 
-def test_diagnostics_in_every_epoch_and_record_and_training_unchanged(env, monkeypatch):
+def _small_trial(cfg):
+    """A trial on the first 256 digits with a freshly seeded random backbone (seconds in bf16 on a CPU)."""
+    from lsdc.models import build_model
+    ds = data_mod.load("digits")
+    torch.manual_seed(cfg.seed)
+    return Trial(cfg, ds.x[:256], ds.y[:256], build_model(cfg, 10), spec=ds.spec, log=QUIET)
+
+
+def test_diagnostics_in_every_epoch_and_record_and_training_unchanged(monkeypatch):
     cfg = tiny(epochs=2, precision="bf16")
-    with_diag = Trial.from_config(cfg, env, log=QUIET)
+    with_diag = _small_trial(cfg)
     hist = list(with_diag)
     for m in hist:
         for k in ("pair_precision", "pair_recall", "pos_frac", "pair_flip_frac", "pos_agreement",
@@ -176,7 +184,7 @@ def test_diagnostics_in_every_epoch_and_record_and_training_unchanged(env, monke
             assert k in m and np.isfinite(m[k]), k
         assert 0 < m["pos_agreement"] <= 1 and 0 <= m["pair_flip_frac"] < 0.5
     bd = with_diag.backbone_meta["diagnostics"]
-    assert 0 < bd["kmeans_acc"] <= 1 and 0 < bd["pair_precision"] <= 1 and bd["sample"] == 1024
+    assert 0 < bd["kmeans_acc"] <= 1 and 0 < bd["pair_precision"] <= 1 and bd["sample"] == 256
     rec = trial_record(study="s", variant="v", row="", key=with_diag.key, cfg=with_diag.cfg, data=with_diag.data,
                        history=with_diag.history, status="finished", confusion=None, device=with_diag.device,
                        setup_s=0.0, backbone={"file": "b.pt", **with_diag.backbone_meta})
@@ -186,14 +194,14 @@ def test_diagnostics_in_every_epoch_and_record_and_training_unchanged(env, monke
     # the same trial with no diagnostics at all trains exactly the same
     monkeypatch.setattr(Trial, "pair_diagnostics", lambda self: {})
     monkeypatch.setattr(Trial, "backbone_diagnostics", lambda self: {})
-    plain = list(Trial.from_config(cfg, env, log=QUIET))
+    plain = list(_small_trial(cfg))
     for a, b in zip(hist, plain):
         assert (a["loss"], a["bce"], a["mse"], a["acc"]) == (b["loss"], b["bce"], b["mse"], b["acc"])
     assert "pair_precision" not in plain[-1]
 
 
-def test_fp32_trial_agrees_with_itself(env):
-    m = Trial.from_config(tiny(epochs=1), env, log=QUIET).run_epoch()
+def test_fp32_trial_agrees_with_itself():
+    m = _small_trial(tiny(epochs=1)).run_epoch()
     assert m["pair_flip_frac"] == 0.0 and m["pos_agreement"] == 1.0
 
 
