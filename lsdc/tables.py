@@ -73,10 +73,21 @@ def _setting(cfg: dict, varied: set[str], fingerprint: str | None = None, precis
     """Everything that must be equal for records to share a table row: the config (but the
     seed and the study's axes), the data's fingerprint and the precision that ran."""
     d = {k: v for k, v in sorted(cfg.items()) if k not in varied and k not in IGNORED}
+    if isinstance(d.get("extra"), dict):
+        # a varied family's own parameters (RotNet's pretrain_recipe in Table 4) belong to its columns
+        own = _family_params(varied)
+        d["extra"] = {k: v for k, v in d["extra"].items() if k not in own}
+        if not d["extra"]:
+            del d["extra"]
     d["__data"] = fingerprint
     if "precision" not in varied:     # a precision study's columns say it already
         d["__precision"] = _precision(precision)
     return json.dumps(d, sort_keys=True)
+
+
+def _family_params(varied: set[str]) -> set[str]:
+    from .registry import FAMILIES
+    return {p.name for fam, reg in FAMILIES.items() if fam in varied for e in reg.entries() for p in e.params}
 
 
 def _precision(p: str | None) -> str | None:
