@@ -469,7 +469,7 @@ def kmeans_baseline(cfg: TrialConfig, env: Env, ds: data_mod.Dataset | None = No
 
     from .metrics import scores
     device = resolve_device(cfg.device)
-    configure(device)
+    configure(device, resolve_precision(cfg.precision, device))
     split = cfg.split if cfg.eval_split == "same" else cfg.eval_split
     if ds is None or ds.split != split:
         ds = data_mod.load(cfg.dataset, env.data_root, split, env.download)

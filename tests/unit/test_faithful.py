@@ -213,3 +213,20 @@ def test_precision_study_debug_runs_on_cpu(tmp_path, capsys):
     assert main(PRECISION, ["--debug", "--epochs", "1", "--pretrain-epochs", "1", "--storage", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "variant 'bf16'" in out and "[debug] done in" in out
+
+
+# ------------------------------------------------------------------------------ mnist-cpu
+def test_mnist_cpu_preset_and_its_npz_loader(tmp_path):
+    cfg = make_config("mnist-cpu")
+    assert (cfg.width, cfg.epochs, cfg.pretrain_epochs, cfg.pretrain, cfg.labeler, cfg.knn_k) == \
+        (0.25, 10, 4, "rotnet", "knn", 10)
+    assert cfg.param("pretrain_recipe") == "group" and cfg.lr_steps == () and cfg.rampup == 33
+    assert data_mod.get_spec("mnist-cpu").mean == data_mod.get_spec("mnist").mean
+    rng = np.random.default_rng(0)
+    for part, n in (("train", 6), ("test", 4)):
+        np.savez(tmp_path / f"mnist_{part}.npz", images=rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8),
+                 labels=np.arange(n) % 10)
+    assert len(data_mod.load("mnist-cpu", str(tmp_path), "all")) == 10
+    assert len(data_mod.load("mnist-cpu", str(tmp_path), "train")) == 6
+    with pytest.raises(data_mod.DatasetError, match="mnist_train.npz"):
+        data_mod.load("mnist-cpu", str(tmp_path / "nowhere"), "all")
