@@ -178,4 +178,53 @@ def training_curves(study, epochs: pd.DataFrame, out_dir: str) -> list[tuple[str
     return out
 
 
-__all__ = ["OKABE_ITO", "bars", "batch_size_curve", "training_curves"]
+# per-epoch diagnostics (lsdc.trial): column, axis label, scale to percent
+DIAG_PANELS = (("pair_precision", "pair precision (%)", 100.0), ("pair_recall", "pair recall (%)", 100.0),
+               ("pos_frac", "positive pairs (% of pairs)", 100.0),
+               ("pos_agreement", "positive pairs shared with fp32 (Jaccard, %)", 100.0),
+               ("nonempty_clusters", "non-empty clusters", 1.0), ("size_entropy", "entropy of cluster sizes (nats)", 1.0))
+
+
+def diagnostic_curves(study, epochs: pd.DataFrame, out_dir: str) -> list[tuple[str, str]]:
+    """Per dataset/setting: the per-epoch diagnostics (the labeler's pair precision and recall
+    against the true classes on a fixed sample, the fraction of positive pairs, their agreement
+    with fp32's, the number of non-empty clusters and the entropy of their sizes), one line per
+    column (and row), mean over seeds."""
+    panels = [p for p in DIAG_PANELS if p[0] in epochs and not epochs[p[0]].dropna().empty]
+    if epochs.empty or not panels:
+        return []
+    plt = _plt()
+    from matplotlib.ticker import MaxNLocator
+    out = []
+    for gi, (group, e) in enumerate(epochs.groupby("group", sort=True)):
+        fig, axes = plt.subplots(2, 3, figsize=(13, 7))
+        axes = axes.ravel()
+        series = [(r, v) for r in study.rows for v in study.labels if ((e["row"] == r) & (e["variant"] == v)).any()]
+        for ax, (col, label, scale) in zip(axes, panels):
+            for k, (r, v) in enumerate(series):
+                s = e[(e["row"] == r) & (e["variant"] == v)]
+                if col not in s or s[col].dropna().empty:
+                    continue
+                g = (s.groupby("epoch")[col].mean() * scale).sort_index()
+                ax.plot(g.index, g.values, color=OKABE_ITO[k % 8], marker=MARKERS[k % 8], markersize=3,
+                        label=f"{(r + ': ') if r else ''}{v} (n={s['key'].nunique()})")
+            ax.set_ylabel(label, fontsize=8)
+            ax.set_xlabel("epoch")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.grid(alpha=0.3)
+        for ax in axes[len(panels):]:
+            ax.axis("off")
+        axes[0].legend(fontsize=7, loc="best")
+        fig.suptitle(f"{study.title}: {group}, diagnostics per epoch (labels for analysis only), mean over seeds",
+                     fontsize=9)
+        fig.tight_layout()
+        path = os.path.join(out_dir, f"diagnostics_{study.name}_{gi}_{_slug(group)}.png")
+        fig.savefig(path, dpi=80)
+        plt.close(fig)
+        out.append((path, f"Diagnostics per epoch, {group}: the labeler's positive pairs on a fixed sample against "
+                          "the true classes (precision, recall), the fraction of positive pairs and their agreement "
+                          "with the pairs in fp32, and the clusters' occupancy (labels used for analysis only)."))
+    return out
+
+
+__all__ = ["OKABE_ITO", "bars", "batch_size_curve", "diagnostic_curves", "training_curves"]

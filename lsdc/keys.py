@@ -39,10 +39,13 @@ CORE = ("dataset", "split", "eval_split", "width", "shortcut", "head", "freeze_f
         "use_mse", "lam", "rampup", "mixing", "optimizer", "lr", "momentum", "weight_decay", "lr_steps",
         "lr_gamma", "epochs", "batch_size", "seed", "precision", "fused_views", "pretrain")
 
-# fields added after scheme 2, with the value that reproduces earlier results: left out of the
-# key while they hold it. (Empty so far: every field of lsdc 0.2 is covered by CORE, the
-# registry entries' parameters or EXECUTION.)
-LEGACY: dict[str, Any] = {}
+# fields (and registered entries' parameters) added after scheme 2, with the value that
+# reproduces earlier results: left out of the key while they hold it.
+LEGACY: dict[str, Any] = {
+    # RotNet's recipe (lsdc.pretrain): lsdc 0.1 pretrained on the trial's split, kept the last
+    # epoch, normalised with lsdc's statistics and stepped the lr schedule per SGD step
+    "pretrain_recipe": "lsdc-0.1",
+}
 
 # the fields of lsdc 0.1's TrialConfig, whose key hashed all of them (scheme 1)
 SCHEMA1_FIELDS = (
@@ -124,9 +127,11 @@ def legacy_v1_candidates(cfg, device_type: str) -> list[str]:
     or "auto" when that meant the same on ``device_type``); none if ``cfg`` uses anything
     lsdc 0.1 did not have."""
     d = cfg.to_dict()
-    if d.get("extra") or any(k not in SCHEMA1_FIELDS for k in d):
+    extra = d.pop("extra", None) or {}
+    if any(k not in LEGACY or _norm(v) != _norm(LEGACY[k]) for k, v in extra.items()) or \
+            any(k not in SCHEMA1_FIELDS for k in d):
         return []
-    if any(getattr(cfg, f) != v for f, v in LEGACY.items()):
+    if any(_norm(cfg.param(f)) != _norm(v) for f, v in LEGACY.items()):
         return []
     precisions = [cfg.precision]
     if LEGACY_AUTO_PRECISION.get(device_type) == cfg.precision:

@@ -104,3 +104,45 @@ def label_free_scores(pred_clean, pred_augmented, num_clusters: int) -> dict[str
     p = sizes[sizes > 0] / sizes.sum()
     balance = float(-(p * np.log(p)).sum() / np.log(num_clusters)) if num_clusters > 1 else 1.0
     return {"stability": stability, "balance": balance, "label_free": max(stability, 0.0) * balance}
+
+
+# ------------------------------------------------------------------ diagnostics (analysis only)
+def pair_scores(chunks) -> dict[str, float]:
+    """Positive-pair precision and recall of 0/1 pair labels against the true classes, and
+    the fraction of positive pairs, over ``chunks``: pairs ``(S, y)`` of a labeler's B x B
+    output and the B true classes (pairs are only formed within a chunk, as within a batch);
+    the diagonal (a sample with itself) is left out. Precision is NaN without positive pairs."""
+    tp = n_pos = n_true = n_off = 0
+    for pred_pairs, y in chunks:
+        s = np.asarray(pred_pairs) > 0.5
+        yt = _as_int(y)
+        off = ~np.eye(len(yt), dtype=bool)
+        pos, true = s & off, (yt[:, None] == yt[None, :]) & off
+        tp += int((pos & true).sum())
+        n_pos, n_true, n_off = n_pos + int(pos.sum()), n_true + int(true.sum()), n_off + int(off.sum())
+    return {"pair_precision": tp / n_pos if n_pos else float("nan"),
+            "pair_recall": tp / n_true if n_true else float("nan"),
+            "pos_frac": n_pos / max(n_off, 1)}
+
+
+def pair_agreement(chunks) -> dict[str, float]:
+    """How 0/1 pair labels agree with reference ones (e.g. fp32's), over ``chunks`` of
+    ``(S, S_ref)``: ``pair_flip_frac``, the fraction of (off-diagonal) pairs whose label
+    differs, and ``pos_agreement``, the Jaccard index of the two sets of positive pairs
+    (1 = the same positive pairs)."""
+    flips = n_off = inter = union = 0
+    for pairs, ref_pairs in chunks:
+        a, b = np.asarray(pairs) > 0.5, np.asarray(ref_pairs) > 0.5
+        off = ~np.eye(a.shape[0], dtype=bool)
+        a, b = a & off, b & off
+        flips, n_off = flips + int((a != b).sum()), n_off + int(off.sum())
+        inter, union = inter + int((a & b).sum()), union + int((a | b).sum())
+    return {"pair_flip_frac": flips / max(n_off, 1), "pos_agreement": inter / union if union else 1.0}
+
+
+def cluster_size_stats(pred, num_clusters: int) -> dict[str, float]:
+    """``nonempty_clusters`` (how many clusters hold a sample) and ``size_entropy``, the
+    entropy (nats) of the cluster sizes (log C when all sizes are equal, 0 after a collapse)."""
+    sizes = np.bincount(_as_int(pred), minlength=num_clusters).astype(np.float64)
+    p = sizes[sizes > 0] / max(sizes.sum(), 1.0)
+    return {"nonempty_clusters": int((sizes > 0).sum()), "size_entropy": float(-(p * np.log(p)).sum())}

@@ -9,11 +9,13 @@ same identity. Checkpoints are loaded with ``weights_only=True`` and strictly.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import os
 import tempfile
 import time
+import warnings
 from typing import Callable
 
 import numpy as np
@@ -24,6 +26,7 @@ import torch.nn.functional as F
 from . import data as data_mod
 from .augment import Augmenter
 from .config import Env, TrialConfig
+from .keys import LEGACY
 from .losses import moco_infonce, nt_xent
 from .models import CheckpointError, load_error_reason, load_strict, make_backbone
 from .registry import PRETRAINS, Param
@@ -34,6 +37,20 @@ Log = Callable[[str], None]
 # RotNet recipe (Gidaris et al.; the authors' released code): lr /5 at 30 %, 60 %, 80 % of training.
 ROTNET = dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4, milestones=(60, 120, 160), total=200,
               gamma=0.2)
+# RotNet as the LSD-C group trains it (k-han/AutoNovel, selfsupervised_learning.py and
+# data/rotationloader.py): the same SGD, MultiStepLR(milestones=[60, 120, 160, 200], gamma=0.2)
+# stepped at the START of every epoch (each drop one epoch earlier than lsdc 0.1's per-step
+# schedule), trained on the training split, the checkpoint of the epoch with the best rotation
+# accuracy on the test split kept, images normalised with the loader's own statistics.
+GROUP_MILESTONES = (60, 120, 160, 200)
+# data/rotationloader.py's mean_pix / std_pix (x / 255): CIFAR-10 and CIFAR-100 (CIFAR-100-20 is
+# CIFAR-100's images). The loader has none for STL-10 or MNIST: those keep lsdc's statistics.
+GROUP_NORMALISATION = {
+    "cifar10": ((125.3 / 255, 123.0 / 255, 113.9 / 255), (63.0 / 255, 62.1 / 255, 66.7 / 255)),
+    "cifar100-20": ((129.3 / 255, 124.1 / 255, 112.4 / 255), (68.2 / 255, 65.4 / 255, 70.4 / 255)),
+}
+RECIPES = ("group", "lsdc-0.1")
+GROUP_DATASETS = ("cifar10", "cifar100-20", "stl10", "mnist")   # canonical test split: "group" by default
 # Contrastive recipes (CIFAR settings of the MoCo demo and SimCLR): SGD, lr 0.06 per 256 images, cosine.
 CONTRASTIVE = dict(lr_per_256=0.06, momentum=0.9, weight_decay=5e-4, proj_dim=128,
                    simclr_temperature=0.5, moco_temperature=0.2, moco_momentum=0.99, moco_queue=4096,
@@ -46,7 +63,9 @@ def backbone_identity(cfg: TrialConfig, fingerprint: str | None) -> dict:
     spec = cfg.spec
     ident = {"dataset": cfg.dataset, "split": cfg.split, "method": cfg.pretrain, "arch": cfg.arch, "width": cfg.width,
              "shortcut": cfg.shortcut, "in": spec.channels if spec.is_image else spec.size, "data": fingerprint}
-    ident.update({p.name: cfg.param(p.name) for p in PRETRAINS.get(cfg.pretrain).params})
+    # a parameter at its legacy value (lsdc.keys.LEGACY) stays out, so cached backbones keep their files
+    ident.update({p.name: cfg.param(p.name) for p in PRETRAINS.get(cfg.pretrain).params
+                  if not (p.name in LEGACY and cfg.param(p.name) == LEGACY[p.name])})
     return ident
 
 
@@ -79,11 +98,22 @@ def _save_atomic(obj, path: str) -> None:
             os.remove(tmp)
 
 
+def rotnet_milestones(cfg: TrialConfig) -> list[int]:
+    """The epochs of the learning-rate drops, rescaled from 200 epochs to ``pretrain_epochs``."""
+    scale = cfg.pretrain_epochs / ROTNET["total"]
+    miles = GROUP_MILESTONES if cfg.param("pretrain_recipe") == "group" else ROTNET["milestones"]
+    return sorted({max(1, round(m * scale)) for m in miles})
+
+
 def _rotnet_optimizer(cfg: TrialConfig, params, steps_per_epoch: int):
+    """lsdc 0.1: stepped after every SGD step (milestones in steps: the drop at milestone m
+    applies from epoch m + 1, 1-based). group: stepped at the start of every epoch, as
+    AutoNovel's ``train()`` does (the drop at m applies from epoch m, 1-based)."""
     opt = torch.optim.SGD(params, lr=ROTNET["lr"], momentum=ROTNET["momentum"], nesterov=ROTNET["nesterov"],
                           weight_decay=ROTNET["weight_decay"])
-    scale = cfg.pretrain_epochs / ROTNET["total"]
-    miles = sorted({max(1, round(m * scale)) for m in ROTNET["milestones"]})
+    miles = rotnet_milestones(cfg)
+    if cfg.param("pretrain_recipe") == "group":
+        return opt, torch.optim.lr_scheduler.MultiStepLR(opt, miles, ROTNET["gamma"])
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, [m * steps_per_epoch for m in miles], ROTNET["gamma"])
     return opt, sched
 
@@ -160,13 +190,43 @@ class _Context:
         self.device, self.precision, self.aug, self.gen, self.rng, self.n = device, precision, aug, gen, rng, n
 
 
-@PRETRAINS.register("rotnet", label="RotNet", params=_PRETRAIN_PARAMS, needs_images=True)
+def _check_recipe(c) -> str | None:
+    if c.pretrain == "rotnet" and c.param("pretrain_recipe") == "group" and \
+            not {"train", "test"} <= set(c.spec.splits):
+        return (f"pretrain_recipe: 'group' pretrains on the training split and selects on the test split, "
+                f"and {c.dataset!r} has no such splits; allowed here: lsdc-0.1")
+    return None
+
+
+@PRETRAINS.register(
+    "rotnet", label="RotNet", needs_images=True, check=_check_recipe,
+    params=_PRETRAIN_PARAMS + [Param(
+        "pretrain_recipe", str, choices=RECIPES, default="lsdc-0.1",
+        help="group: the LSD-C group's RotNet (k-han/AutoNovel): training split only, the epoch with the best "
+             "test-split rotation accuracy, the loader's normalisation, lr drops one epoch earlier; "
+             "lsdc-0.1: the trial's split, the last epoch, lsdc's normalisation, per-step schedule")],
+    presets={d: {"pretrain_recipe": "group"} for d in GROUP_DATASETS})
 class RotNet:
     """RotNet (Gidaris et al.): predict which of 4 rotations an image shows."""
+    step_per_batch = True       # the scheduler steps after every SGD step (lsdc 0.1) ...
 
     def __init__(self, cfg: TrialConfig, backbone: nn.Module, ctx: _Context):
         self.cfg, self.ctx = cfg, ctx
         self.net = nn.Sequential(backbone, nn.Linear(backbone.feat_dim, 4))
+        if cfg.param("pretrain_recipe") == "group":
+            self.step_per_batch = False   # ... or at the start of every epoch (the group's code)
+
+    @torch.no_grad()
+    def accuracy(self, x: torch.Tensor, aug: Augmenter, batch: int = 1024) -> float:
+        """Rotation accuracy (eval mode, plain images, each at its 4 rotations) on uint8 images:
+        the group's test-split criterion (no class labels involved)."""
+        self.net.eval()
+        hits = 0
+        for i in range(0, len(x), batch):
+            _, h = rotnet_loss(self.net, aug.plain(x[i:i + batch]), self.ctx.precision)
+            hits += int(h)
+        self.net.train()
+        return hits / (4 * max(len(x), 1))
 
     def optimizer(self, cfg: TrialConfig, steps_per_epoch: int):
         return _rotnet_optimizer(cfg, self.net.parameters(), steps_per_epoch)
@@ -240,27 +300,63 @@ class NoPretraining:
     """No pretraining: the backbone starts from its random initialisation."""
 
 
-def pretrain_backbone(cfg: TrialConfig, ds: data_mod.Dataset, log: Log = print) -> tuple[dict, dict]:
+def group_recipe(cfg: TrialConfig) -> bool:
+    return cfg.pretrain == "rotnet" and cfg.param("pretrain_recipe") == "group"
+
+
+def pretrain_spec(cfg: TrialConfig, spec: data_mod.DatasetSpec) -> data_mod.DatasetSpec:
+    """The spec the pretraining augments with: the group's normalisation under its recipe."""
+    if group_recipe(cfg) and cfg.dataset in GROUP_NORMALISATION:
+        mean, std = GROUP_NORMALISATION[cfg.dataset]
+        return dataclasses.replace(spec, mean=mean, std=std)
+    return spec
+
+
+def _split(cfg: TrialConfig, ds: data_mod.Dataset, env: Env | None, split: str) -> data_mod.Dataset:
+    if ds.split == split:
+        return ds
+    env = env or Env()
+    return data_mod.load(cfg.dataset, env.data_root, split, env.download)
+
+
+def pretrain_backbone(cfg: TrialConfig, ds: data_mod.Dataset, log: Log = print,
+                      env: Env | None = None) -> tuple[dict, dict]:
     """Train a backbone with the registered method ``cfg.pretrain``; returns (backbone
-    state_dict on CPU, stats)."""
+    state_dict on CPU, stats). ``ds`` is the trial's data; under RotNet's ``group`` recipe the
+    training split is trained on and the test split selects the epoch (loaded from ``env``
+    unless ``ds`` is that split)."""
     device = resolve_device(cfg.device)
-    configure(device)
     precision = resolve_precision(cfg.precision, device)
+    configure(device, precision)
+    select = None
+    if group_recipe(cfg):
+        select = _split(cfg, ds, env, "test")
+        ds = _split(cfg, ds, env, "train")
     torch.manual_seed(cfg.pretrain_seed)
     rng = np.random.default_rng(cfg.pretrain_seed)
     gen = torch.Generator(device=device).manual_seed(cfg.pretrain_seed)
     backbone = make_backbone(cfg.arch, ds.spec.channels, cfg.width, cfg.shortcut)
-    ctx = _Context(device, precision, Augmenter(ds.spec, device), gen, rng, len(ds))
+    aug = Augmenter(pretrain_spec(cfg, ds.spec), device)
+    ctx = _Context(device, precision, aug, gen, rng, len(ds))
     method = PRETRAINS.get(cfg.pretrain).fn(cfg, backbone, ctx)
     net = method.net.to(device, memory_format=torch.channels_last)
     x = torch.from_numpy(ds.x).to(device)
     bs = min(cfg.pretrain_batch_size, len(ds))
     steps = len(ds) // bs
     opt, sched = method.optimizer(cfg, steps)
+    per_batch = getattr(method, "step_per_batch", True)
+    x_sel = torch.from_numpy(select.x).to(device) if select is not None else None
+    best: tuple[float, int, dict] | None = None
+    history: list[dict] = []
     t_start = time.perf_counter()
     loss_avg = float("nan")
     for epoch in range(cfg.pretrain_epochs):
         t0 = time.perf_counter()
+        if not per_batch:
+            with warnings.catch_warnings():   # stepped before the first optimizer step, as the group's code
+                warnings.simplefilter("ignore", UserWarning)
+                sched.step()
+        lr = opt.param_groups[0]["lr"]     # the rate this epoch starts with
         net.train()
         total = torch.zeros((), device=device)
         hits = torch.zeros((), device=device)
@@ -271,16 +367,33 @@ def pretrain_backbone(cfg: TrialConfig, ds: data_mod.Dataset, log: Log = print) 
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            sched.step()
+            if per_batch:
+                sched.step()
             total += loss.detach()
         loss_avg = float(total) / max(steps, 1)
         if not np.isfinite(loss_avg):
             raise RuntimeError(f"{cfg.pretrain} pretraining diverged at epoch {epoch + 1} (loss {loss_avg})")
         extra = method.summary(float(hits), steps * bs) if method.summary else ""
+        h = {"epoch": epoch + 1, "loss": loss_avg, "lr": lr}
+        if cfg.pretrain == "rotnet":
+            h["rot_acc"] = float(hits) / (4 * max(steps * bs, 1))
+        if x_sel is not None:
+            h["test_rot_acc"] = method.accuracy(x_sel, aug)
+            extra += f"  test rot-acc {h['test_rot_acc']:.3f}"
+            if best is None or h["test_rot_acc"] > best[0]:   # strictly better, as the group's is_best
+                best = (h["test_rot_acc"], epoch + 1,
+                        {k: v.detach().cpu().clone() for k, v in backbone.state_dict().items()})
+        history.append(h)
         log(f"[pretrain {cfg.pretrain}] epoch {epoch + 1}/{cfg.pretrain_epochs}  loss {loss_avg:.4f}{extra}  "
             f"{time.perf_counter() - t0:.1f} s")
     stats = {"final_loss": loss_avg, "seconds": time.perf_counter() - t_start, "device": str(device),
-             "precision": precision}
+             "precision": precision, "pretrain_split": ds.split, "n_pretrain": int(len(ds)), "history": history}
+    if cfg.pretrain == "rotnet":
+        stats["rot_acc"] = history[-1]["rot_acc"] if history else None
+        stats["recipe"] = cfg.param("pretrain_recipe")
+    if best is not None:
+        stats.update(test_rot_acc=best[0], best_epoch=best[1], selected_on="test")
+        return best[2], stats
     return {k: v.detach().cpu() for k, v in backbone.state_dict().items()}, stats
 
 
@@ -308,7 +421,7 @@ def ensure_backbone(cfg: TrialConfig, env: Env, ds: data_mod.Dataset | None = No
         raise data_mod.DatasetError(f"dataset {cfg.dataset!r} changed while the study ran (fingerprint "
                                     f"{ds.fingerprint}, planned {fingerprint}); run the study again")
     log(f"[pretrain {cfg.pretrain}] no cached backbone at {path}: training one")
-    state, stats = pretrain_backbone(cfg, ds, log)
+    state, stats = pretrain_backbone(cfg, ds, log, env)
     _save_atomic({"state_dict": state, "meta": {**backbone_identity(cfg, fingerprint), **stats}}, path)
     log(f"[pretrain {cfg.pretrain}] saved {path} ({stats['seconds']:.1f} s)")
     return path
@@ -356,7 +469,7 @@ def kmeans_baseline(cfg: TrialConfig, env: Env, ds: data_mod.Dataset | None = No
 
     from .metrics import scores
     device = resolve_device(cfg.device)
-    configure(device)
+    configure(device, resolve_precision(cfg.precision, device))
     split = cfg.split if cfg.eval_split == "same" else cfg.eval_split
     if ds is None or ds.split != split:
         ds = data_mod.load(cfg.dataset, env.data_root, split, env.download)

@@ -16,6 +16,11 @@ from .storage import Storage
 
 SCHEMA = 2          # record format; schema 1 = lsdc 0.1 (key scheme 1, no data fingerprint)
 FINAL_KEYS = ("acc", "nmi", "ari", "confident_frac", "confident_acc", "loss")
+# what the pretraining stored about itself (lsdc.pretrain), copied into the diagnostics
+BACKBONE_KEYS = ("final_loss", "rot_acc", "test_rot_acc", "best_epoch", "recipe")
+# per-epoch diagnostics (labels for analysis only; see lsdc.trial) kept at the end of a trial
+DIAG_KEYS = ("pair_precision", "pair_recall", "pos_frac", "pair_flip_frac", "pos_agreement",
+             "nonempty_clusters", "size_entropy")
 NOT_FINGERPRINTED = "data not fingerprinted"
 
 
@@ -54,6 +59,12 @@ def trial_record(*, study: str, variant: str, row: str, key: str, cfg, data: dic
         "wall_s": setup_s + sum(h.get("epoch_s", 0.0) for h in history), "setup_s": setup_s,
         "train_s": train_s, "images_per_s": seen / train_s if train_s > 0 else None,
         "restarts": restarts, "backbone": backbone,
+        # the backbone's figures at the start (k-means ACC, pair precision / recall on the fixed
+        # sample; rotation or contrastive figures of its pretraining) and the last epoch's
+        "diagnostics": {"backbone": {**((backbone or {}).get("diagnostics") or {}),
+                                     **{k: (backbone or {}).get(k) for k in BACKBONE_KEYS
+                                        if (backbone or {}).get(k) is not None}},
+                        "final": {k: next((h[k] for h in reversed(history) if k in h), None) for k in DIAG_KEYS}},
         "hardware": hardware(device), "versions": versions(), "git_commit": git_commit(),
         "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }

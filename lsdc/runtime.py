@@ -21,12 +21,35 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
-def configure(device: torch.device) -> None:
+def configure(device: torch.device, precision: str | None = None) -> None:
     """Process-wide settings for running on ``device``. On CPUs, flush denormal floats to zero:
     tiny gradients otherwise make single convolution backward passes 10-20x slower (measured:
-    a 1.4 s step took 20 s on a 2-core Xeon); only values below ~1e-38 change."""
+    a 1.4 s step took 20 s on a 2-core Xeon); only values below ~1e-38 change.
+
+    With a resolved ``precision`` on CUDA, set TF32 for matmuls and cuDNN convolutions: on
+    for ``tf32``, off otherwise (PyTorch's default lets cuDNN convolutions use TF32, which is
+    not the reference code's fp32). A trial calls this when it starts, so a worker process
+    that runs several trials one after the other gives each its own setting."""
     if device.type == "cpu":
         torch.set_flush_denormal(True)
+    if device.type == "cuda" and precision is not None:
+        set_tf32(precision == "tf32")
+
+
+def set_tf32(on: bool) -> None:
+    torch.backends.cuda.matmul.allow_tf32 = on
+    torch.backends.cudnn.allow_tf32 = on
+
+
+@contextlib.contextmanager
+def exact_fp32():
+    """Full fp32 (no TF32) inside the block, whatever the process setting; restored after."""
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    set_tf32(False)
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -34,7 +57,8 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 
 def autocast(device: torch.device, precision: str):
-    """bf16 autocast for the network's forward; the losses cast to fp32 themselves."""
+    """bf16 autocast for the network's forward; the losses cast to fp32 themselves. (``tf32``
+    is a process setting, see :func:`configure`; ``fp32`` and ``tf32`` need no context.)"""
     if precision == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()

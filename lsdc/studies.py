@@ -115,7 +115,19 @@ SEEDS = Study(
     paper_n={C10: {"LSD-C": 10}, C100: {"LSD-C": 10}},
 )
 
-ORDER = ("batch_size", "labeler", "losses", "block_depth", "pretraining", "mixing", "seeds")
+PRECISION = Study(
+    name="precision", title="Numerical precision: bf16, TF32 and fp32 side by side",
+    description="The dataset's preset in each precision: ACC, images/s, and how the pairwise labels agree with "
+                "those the same model gives in fp32 (per epoch, on a fixed sample: fraction of pairs that "
+                "differ, Jaccard index of the positive pairs). fp32 is the reference code's numerics and the "
+                "default; on CPUs TF32 computes in fp32.",
+    variants=(Variant("fp32", {"precision": "fp32"}), Variant("TF32", {"precision": "tf32"}),
+              Variant("bf16", {"precision": "bf16"})),
+    debug_variant=2,
+    reference="fp32",
+)
+
+ORDER = ("batch_size", "labeler", "losses", "block_depth", "pretraining", "mixing", "precision", "seeds")
 
 
 def __getattr__(name: str):
@@ -123,7 +135,7 @@ def __getattr__(name: str):
     if name == "LABELER":
         return _labeler_study()
     if name == "STUDIES":
-        fixed = {s.name: s for s in (BATCH_SIZE, LOSSES, BLOCK_DEPTH, PRETRAINING, MIXING, SEEDS)}
+        fixed = {s.name: s for s in (BATCH_SIZE, LOSSES, BLOCK_DEPTH, PRETRAINING, MIXING, PRECISION, SEEDS)}
         return {n: fixed[n] if n in fixed else _labeler_study() for n in ORDER}
     raise AttributeError(f"module 'lsdc.studies' has no attribute {name!r}")
 

@@ -73,8 +73,21 @@ def _setting(cfg: dict, varied: set[str], fingerprint: str | None = None, precis
     """Everything that must be equal for records to share a table row: the config (but the
     seed and the study's axes), the data's fingerprint and the precision that ran."""
     d = {k: v for k, v in sorted(cfg.items()) if k not in varied and k not in IGNORED}
-    d["__data"], d["__precision"] = fingerprint, _precision(precision)
+    if isinstance(d.get("extra"), dict):
+        # a varied family's own parameters (RotNet's pretrain_recipe in Table 4) belong to its columns
+        own = _family_params(varied)
+        d["extra"] = {k: v for k, v in d["extra"].items() if k not in own}
+        if not d["extra"]:
+            del d["extra"]
+    d["__data"] = fingerprint
+    if "precision" not in varied:     # a precision study's columns say it already
+        d["__precision"] = _precision(precision)
     return json.dumps(d, sort_keys=True)
+
+
+def _family_params(varied: set[str]) -> set[str]:
+    from .registry import FAMILIES
+    return {p.name for fam, reg in FAMILIES.items() if fam in varied for e in reg.entries() for p in e.params}
 
 
 def _precision(p: str | None) -> str | None:
@@ -87,7 +100,7 @@ def _setting_label(dataset: str, cfg: dict | None, varied: set[str], base: dict,
     data and precision whenever they tell rows apart."""
     name = os.path.basename(str(dataset))
     diffs = _diffs(dataset, cfg, varied, base) if cfg else []
-    if cfg and _precision(precision) != "fp32":
+    if cfg and _precision(precision) != "fp32" and "precision" not in varied:
         diffs.append(f"precision {_precision(precision)}")
     if cfg and fingerprint is None:
         diffs.append(NOT_FINGERPRINTED)
@@ -427,7 +440,52 @@ def _study_figures(study: Study, df: pd.DataFrame, epochs: pd.DataFrame, out_dir
         out += figures.bars(study, fin, out_dir, xlabel=BAR_AXES[study.name])
     ep = epochs[epochs["study"] == study.name].merge(sub[["key", "group"]], on="key", how="inner")
     out += figures.training_curves(study, ep[ep["kind"] == "trial"], out_dir)
+    out += figures.diagnostic_curves(study, ep[ep["kind"] == "trial"], out_dir)
     return out
+
+
+def _mean(values: list) -> float:
+    v = [x for x in values if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)]
+    return sum(v) / len(v) if v else math.nan
+
+
+def _fmt(v: float, pct: bool = True, digits: int = 1) -> str:
+    return DASH if not math.isfinite(v) else f"{100 * v:.{digits}f}" if pct else f"{v:.{digits}f}"
+
+
+DIAG_HEADER = ["dataset", "row", "column", "precision", "n", "ACC", "backbone k-means ACC",
+               "backbone pair prec.", "pair prec.", "pair recall", "pos. pairs", "pairs ≠ fp32",
+               "pos. pairs ∩ fp32", "clusters", "images/s"]
+
+
+def diagnostics_grid(study: Study, records: list[dict]) -> list[list[str]]:
+    """One row per dataset, row, column and precision of a study's finished clustering trials:
+    what explains its ACC cell (means over seeds, in %): the backbone's k-means ACC and pair
+    precision on the fixed sample before training, the last epoch's pair precision / recall and
+    fraction of positive pairs, how the pairs differ from fp32's (fraction of pairs that differ,
+    Jaccard index of the positive pairs), the non-empty clusters, and images/s."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in records:
+        if r.get("study") != study.name or r.get("kind", "trial") != "trial" or r.get("status") != "finished":
+            continue
+        groups.setdefault((r.get("dataset"), r.get("row", ""), r.get("variant"), r.get("precision")), []).append(r)
+    order = {(row, v.label): i for i, v in enumerate(study.variants) for row in [v.row]}
+    body = []
+    for (ds, row, var, prec), recs in sorted(groups.items(), key=lambda kv: (str(kv[0][0]),
+                                                                             order.get(kv[0][1:3], 99), str(kv[0][3]))):
+        diag = [r.get("diagnostics") or {} for r in recs]
+        bb = [d.get("backbone") or {} for d in diag]
+        fin = [d.get("final") or {} for d in diag]
+        body.append([os.path.basename(str(ds)), row or "", var, prec or "", str(len(recs)),
+                     _fmt(_mean([(r.get("final") or {}).get("acc") for r in recs])),
+                     _fmt(_mean([b.get("kmeans_acc") for b in bb])), _fmt(_mean([b.get("pair_precision") for b in bb])),
+                     _fmt(_mean([f.get("pair_precision") for f in fin])), _fmt(_mean([f.get("pair_recall") for f in fin])),
+                     _fmt(_mean([f.get("pos_frac") for f in fin]), digits=2),
+                     _fmt(_mean([f.get("pair_flip_frac") for f in fin]), digits=2),
+                     _fmt(_mean([f.get("pos_agreement") for f in fin])),
+                     _fmt(_mean([f.get("nonempty_clusters") for f in fin]), pct=False),
+                     _fmt(_mean([r.get("images_per_s") for r in recs]), pct=False, digits=0)])
+    return body
 
 
 def document(storage: Storage, out_path: str, figures_dir: str | None = None) -> tuple[list[tuple], list[str], list[dict]]:
@@ -472,6 +530,13 @@ def document(storage: Storage, out_path: str, figures_dir: str | None = None) ->
             doc += [("p", f"Statistics of ACC (points of %), Welch; reference column: {ref}" +
                           (" (within each row)" if two_axis else "") + ". `*`: p < 0.05, uncorrected."),
                     ("table", ["dataset"] + (["method"] if two_axis else []) + ["column"] + STAT_HEADER, stat_rows)]
+        diag = diagnostics_grid(study, records)
+        if diag:
+            doc += [("p", "Diagnostics (labels for analysis only; means over seeds, %): the backbone before "
+                          "clustering (k-means ACC, the labeler's pair precision on a fixed sample), the last "
+                          "epoch's pairs against the true classes, their difference from the same model's pairs "
+                          "in fp32, the non-empty clusters, and throughput."),
+                    ("table", DIAG_HEADER, diag)]
         for path, caption in _study_figures(study, df, epochs, fig_dir):
             doc.append(("img", path, caption, caption))
     for name in sorted(set(df["study"]) - set(STUDIES) - {"search"}) if not df.empty else []:

@@ -6,7 +6,15 @@
     state = trial.state_dict()     # checkpoint; Trial.from_config(cfg).load_state_dict(state) resumes
 
 The whole dataset sits on the trial's device as uint8; augmentation, mixing and labels are
-computed there. Frozen blocks run under ``no_grad``; bf16 autocast on CUDA (losses fp32).
+computed there. Frozen blocks run under ``no_grad``; fp32 by default (the reference code's
+numerics), bf16 autocast or TF32 on request (losses fp32).
+
+Diagnostics (labels for analysis only; they draw nothing from the training streams and leave
+BatchNorm's statistics as they were): at the start, the backbone's k-means ACC and the
+labeler's pair precision / recall on a fixed sample (:meth:`Trial.backbone_diagnostics`); after
+every epoch, the labeler's pair precision / recall and fraction of positive pairs on that sample,
+their agreement with fp32's pairs when the trial runs in another precision, and, at evaluations,
+the number of non-empty clusters and the entropy of their sizes.
 """
 from __future__ import annotations
 
@@ -24,14 +32,21 @@ from . import labelers, mixing
 from .augment import Augmenter
 from .config import ConfigError, Env, TrialConfig
 from .losses import mse_consistency, pairwise_bce, sigmoid_rampup
-from .metrics import CONFIDENCE, confusion, evaluate, label_free_scores, match_clusters
+from .metrics import (CONFIDENCE, cluster_acc, cluster_size_stats, confusion, evaluate, label_free_scores,
+                      match_clusters, pair_agreement, pair_scores)
 from .mixing import mix_target
 from .models import CheckpointError, build_model, load_error_reason
 from .pretrain import ensure_backbone, load_backbone
-from .runtime import autocast, configure, resolve_device, resolve_precision
+from .runtime import autocast, configure, exact_fp32, resolve_device, resolve_precision
 
 Log = Callable[[str], None]
 FINITE_CHECK_EVERY = 16   # steps between (synchronising) checks of the loss for NaN / inf
+DIAG_SAMPLE = 1024        # images of the fixed diagnostic sample (at least one batch)
+DIAG_SEED = 20_201_127    # its draw (numpy, its own generator: never a training stream)
+DIAG_KMEANS_INIT = 2      # k-means restarts of the backbone diagnostic
+# what every epoch's diagnostics hold (pair_flip_frac / pos_agreement: only off fp32)
+DIAG_KEYS = ("pair_precision", "pair_recall", "pos_frac", "pair_flip_frac", "pos_agreement",
+             "nonempty_clusters", "size_entropy")
 
 
 class Trial:
@@ -49,8 +64,8 @@ class Trial:
                  data: dict[str, Any] | None = None, backbone_path: str | None = None,
                  backbone_meta: dict | None = None):
         self.device = resolve_device(cfg.device)
-        configure(self.device)
         self.precision = resolve_precision(cfg.precision, self.device)
+        configure(self.device, self.precision)
         self.cfg = cfg if cfg.precision == self.precision else cfg.replace(precision=self.precision)
         self.log = log
         self.spec = spec or cfg.spec
@@ -65,7 +80,8 @@ class Trial:
                              "source": "in-memory arrays", "lossy": False, "n": n}
         self.key = self.cfg.key(self.data["fingerprint"])
         self.backbone_path = backbone_path
-        self.backbone_meta = backbone_meta or {}
+        self.backbone_meta = dict(backbone_meta or {})
+        self.y_train = np.asarray(y)
         self.aug = Augmenter(self.spec, self.device)
         self.model = model
         fmt = torch.channels_last if self.spec.is_image else torch.contiguous_format
@@ -87,6 +103,11 @@ class Trial:
         self.history: list[dict[str, Any]] = []
         self.diverged = False
         self.last_eval: dict[str, Any] = {}
+        m = min(n, max(DIAG_SAMPLE, cfg.batch_size))
+        idx = np.sort(np.random.default_rng(DIAG_SEED).choice(n, m, replace=False))
+        self.diag_idx = torch.from_numpy(idx).to(self.device)
+        self.diag_y = self.y_train[idx]
+        self.backbone_meta["diagnostics"] = self.backbone_diagnostics()
 
     @classmethod
     def from_config(cls, cfg: TrialConfig, env: Env | None = None, dataset: data_mod.Dataset | None = None,
@@ -182,8 +203,10 @@ class Trial:
             self.diverged = True
             m["diverged"] = True
             self.log(f"epoch {self.epoch}/{cfg.epochs}: loss is not finite ({means[0]}): trial diverged")
-        elif self.epoch % cfg.eval_every == 0 or self.epoch == cfg.epochs:
-            m.update(self.evaluate())
+        else:
+            if self.epoch % cfg.eval_every == 0 or self.epoch == cfg.epochs:
+                m.update(self.evaluate())
+            m.update(self.pair_diagnostics())
         m["epoch_s"] = time.perf_counter() - t0
         self.history.append(m)
         return m
@@ -219,9 +242,79 @@ class Trial:
         probs = self.predict()
         res = evaluate(self.y_eval, probs)
         res.update(label_free_scores(probs.argmax(1), self.predict(augment=True).argmax(1), self.num_clusters))
+        res.update(cluster_size_stats(probs.argmax(1), self.num_clusters))
         res["eval_s"] = time.perf_counter() - t0
         self.last_eval = {"probs": probs}
         return res
+
+    # --------------------------------------------------------------- diagnostics
+    @torch.no_grad()
+    def _diag_features(self, fp32: bool = False) -> list[torch.Tensor]:
+        """Pooled features of the fixed sample, in chunks of ``batch_size`` (pairs are formed
+        within a batch), as the step computes them: the model in training mode (BatchNorm on
+        the chunk's statistics), in the trial's precision (or in exact fp32), on the plain
+        images (no augmentation: nothing drawn from any stream). BatchNorm's running
+        statistics are restored afterwards, so training and evaluation are unchanged."""
+        buffers = {k: v.clone() for k, v in self.model.named_buffers()}
+        self.model.train()
+        bs = self.cfg.batch_size
+        out = []
+        try:
+            for s in range(len(self.diag_idx) // bs):
+                x = self.aug.plain(self.x[self.diag_idx[s * bs:(s + 1) * bs]])
+                if fp32:
+                    with exact_fp32():
+                        _, f = self.model(x)
+                else:
+                    with autocast(self.device, self.precision):
+                        _, f = self.model(x)
+                out.append(f.float())
+        finally:
+            for k, v in self.model.named_buffers():
+                v.copy_(buffers[k])
+        return out
+
+    def _pairs(self, feats: list[torch.Tensor]) -> list[np.ndarray]:
+        return [self.labeler(f).cpu().numpy() for f in feats]
+
+    def pair_diagnostics(self) -> dict[str, Any]:
+        """The labeler's positive pairs on the fixed sample against the true classes
+        (precision, recall, fraction of positive pairs) and, off fp32, their agreement with
+        the pairs the same model gives in fp32 (fraction of pairs that differ, Jaccard index
+        of the positive pairs)."""
+        t0 = time.perf_counter()
+        pairs = self._pairs(self._diag_features())
+        bs = self.cfg.batch_size
+        ys = [self.diag_y[s * bs:(s + 1) * bs] for s in range(len(pairs))]
+        out: dict[str, Any] = pair_scores(list(zip(pairs, ys)))
+        if self.precision != "fp32":
+            out.update(pair_agreement(list(zip(pairs, self._pairs(self._diag_features(fp32=True))))))
+        else:
+            out.update(pair_flip_frac=0.0, pos_agreement=1.0)
+        out["diag_s"] = time.perf_counter() - t0
+        return out
+
+    @torch.no_grad()
+    def backbone_diagnostics(self) -> dict[str, Any]:
+        """The starting point, before any clustering step: k-means ACC (scikit-learn,
+        ``DIAG_KMEANS_INIT`` restarts, fixed seed) on the pooled features of the fixed sample
+        (eval mode, plain images), and the labeler's pair precision / recall there."""
+        from sklearn.cluster import KMeans
+        t0 = time.perf_counter()
+        self.model.eval()
+        feats = []
+        for i in range(0, len(self.diag_idx), 1024):
+            with autocast(self.device, self.precision):
+                _, f = self.model(self.aug.plain(self.x[self.diag_idx[i:i + 1024]]))
+            feats.append(f.float().cpu())
+        self.model.train()
+        f = torch.cat(feats).numpy().astype(np.float64)
+        pred = KMeans(n_clusters=self.num_clusters, n_init=DIAG_KMEANS_INIT, random_state=0).fit_predict(f)
+        out = {"kmeans_acc": cluster_acc(self.diag_y, pred), "sample": int(len(self.diag_idx))}
+        out.update({k: v for k, v in self.pair_diagnostics().items() if k in ("pair_precision", "pair_recall",
+                                                                                "pos_frac")})
+        out["seconds"] = time.perf_counter() - t0
+        return out
 
     def confusions(self) -> dict[str, list[list[int]]]:
         """Confusion matrices (true class x matched cluster) of the last evaluation: all

@@ -40,7 +40,7 @@ def test_key_ignores_execution_settings_and_unused_parameters():
 
 def test_key_needs_a_resolved_precision():
     with pytest.raises(ValueError, match="resolve 'auto'"):
-        trial_key(TrialConfig(dataset="cifar10"), FP)
+        trial_key(TrialConfig(dataset="cifar10", precision="auto"), FP)
 
 
 def test_effective_config_drops_what_the_choices_do_not_read():
