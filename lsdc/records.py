@@ -142,7 +142,11 @@ def verify(storage: Storage, study: str, key: str) -> dict:
     """The record ``key`` of ``study``, read as JSON and verified; ValueError (with the
     reason) if it cannot be read or fails a check."""
     try:
-        return _check(storage.read_json(record_path(study, key)), key, study)
+        rec = storage.read_json(record_path(study, key))
+    except _READ_ERRORS as e:   # truncated, not JSON, not UTF-8, gone
+        raise ValueError(f"unreadable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    try:
+        return _check(rec, key, study)
     except ValueError:
         raise
     except _READ_ERRORS as e:
