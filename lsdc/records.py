@@ -194,6 +194,8 @@ def done_keys(storage: Storage, study: str, planned: list, bad: dict[str, str] |
 def quarantine(storage: Storage, study: str, log=print) -> list[str]:
     """Move every record of ``study`` that fails verification to ``<study>/quarantine/``,
     naming each and why; returns the new paths. Only the study runner calls this: readers skip."""
+    storage.sweep_tmp(f"{study}/records")        # left by a writer killed before its rename
+    storage.sweep_tmp(f"{study}/checkpoints")
     bad: dict[str, str] = {}
     verified_keys(storage, study, bad)
     moved = []

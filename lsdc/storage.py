@@ -221,6 +221,23 @@ class Storage:
         except OSError:
             pass
 
+    def sweep_tmp(self, rel: str) -> int:
+        """Remove the temporary files (``.tmp-*``) a killed writer left under ``rel`` (local
+        storage; object stores write atomically). Only for the study runner, before its trials
+        start; returns how many."""
+        n = 0
+        if not self.is_local:
+            return 0
+        for d, _, files in os.walk(self.path(rel)):
+            for f in files:
+                if f.startswith(".tmp-"):
+                    try:
+                        os.remove(os.path.join(d, f))
+                        n += 1
+                    except OSError:
+                        pass
+        return n
+
     def move_aside(self, rel: str, folder: str) -> str:
         """Move the file ``rel`` into ``folder`` (relative to the root) under a new unique
         name; returns the new relative path."""

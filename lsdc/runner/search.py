@@ -114,7 +114,8 @@ def _run_search(base: TrialConfig, args: StudyArgs, n_trials: int, objective: st
         os.makedirs(storage.path("search"), exist_ok=True)
         jpath = storage.path("search", f"{name}.journal")
         repair_journal(jpath, log=print)
-        journal = JournalStorage(_journal_backend(JournalFileBackend)(jpath))
+        hooked = "journal-write" in os.environ.get("LSDC_FAULT", "").split(",")   # a test hook only
+        journal = JournalStorage((_journal_backend(JournalFileBackend) if hooked else JournalFileBackend)(jpath))
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         study = optuna.create_study(study_name=name, storage=journal, direction="maximize", load_if_exists=True)
         fail_stale_trials(study, journal, log=print)
