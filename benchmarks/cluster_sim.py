@@ -56,21 +56,22 @@ def main() -> int:
             "--gpus-per-trial", "0.25", "--cpus-per-trial", str(a.cpus_per_node), "--max-failures", "5", "--quiet"]
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     churn: list[str] = []
-    stop = threading.Event()
-
-    def churner():
-        while not stop.wait(a.churn_every):
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    chunks: list[str] = []
+    reader = threading.Thread(target=lambda: chunks.extend(proc.stdout), daemon=True)
+    reader.start()
+    last = time.perf_counter()
+    while proc.poll() is None:          # nodes are removed and added from the main thread (Ray's rule)
+        time.sleep(1)
+        if time.perf_counter() - last >= a.churn_every and proc.poll() is None:
             victim = nodes.pop(0)
             cluster.remove_node(victim, allow_graceful=False)
             nodes.append(cluster.add_node(num_cpus=a.cpus_per_node, num_gpus=1))
             churn.append(f"{time.strftime('%H:%M:%S')} removed {victim.node_id[:8]}, added {nodes[-1].node_id[:8]}")
-
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    th = threading.Thread(target=churner, daemon=True)
-    th.start()
-    out, _ = proc.communicate()
-    stop.set()
+            last = time.perf_counter()
+    reader.join(timeout=30)
+    out = "".join(chunks)
     wall = time.perf_counter() - t0
     peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     cluster.shutdown()

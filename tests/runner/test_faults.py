@@ -149,12 +149,15 @@ def test_ctrl_c_stops_cleanly_says_how_to_resume_and_leaves_no_ray_processes(tmp
     assert ray_pids() - before == set()
 
 
-def test_normal_exit_leaves_no_ray_processes(tmp_path):
+def test_normal_exit_leaves_no_ray_processes_nor_session_folder(tmp_path):
+    import glob
+    sessions = set(glob.glob("/tmp/ray/session_2*"))
     before = ray_pids()
     assert main(Study(name="clean", title="t", variants=(Variant("a"),)),
                 TINY + ["--epochs", "1", "--seeds", "0", "--storage", str(tmp_path)]) == 0
     time.sleep(1)
     assert ray_pids() - before == set()
+    assert set(glob.glob("/tmp/ray/session_2*")) - sessions == set()     # lsdc's local cluster: removed
 
 
 def test_lost_node_trial_restarts_from_checkpoint_elsewhere(tmp_path):
@@ -300,6 +303,7 @@ def plant_pickles(root, marker):
         f.write('{"restarts": 0, "epoch": 1}')
 
 
+@pytest.mark.timeout(1200)   # several study runs, each a fresh Ray
 def test_planted_pickles_never_execute_and_bad_records_are_quarantined(tmp_path):
     """Finding 1 (code execution from the storage) and 2 (records trusted by file name), on one
     storage: a first run with pickles planted everywhere a restore would look, then a re-run
@@ -355,6 +359,7 @@ def test_planted_pickles_never_execute_and_bad_records_are_quarantined(tmp_path)
     assert not marker.exists()
 
 
+@pytest.mark.timeout(1200)   # several study runs, each a fresh Ray
 def test_killed_at_named_points_full_disk_then_rerun_completes(tmp_path):
     """Finding 4: a trial killed mid-epoch, during a checkpoint write and during a record write
     (LSDC_FAULT, once each), then a run on a full disk (ENOSPC), then space freed: the same
@@ -383,6 +388,7 @@ def test_killed_at_named_points_full_disk_then_rerun_completes(tmp_path):
     assert leftovers == []
 
 
+@pytest.mark.timeout(1200)   # several study runs, each a fresh Ray
 def test_killed_search_resumes_and_never_restores_a_pickle(tmp_path):
     """Finding 4 (a killed search: UpdateFinishedTrialError, stale RUNNING trials) and 1 (a
     planted tuner.pkl in the search's predictable run folders), and 6 (checkpoints pruned)."""
