@@ -244,6 +244,25 @@ def _npz_arrays(path: str) -> tuple[str, str]:
     return xk, yk
 
 
+def _checked_labels(path: str, yk: str, y: np.ndarray, n_images: int) -> np.ndarray:
+    """A user file's labels as int64, refused unless they are finite integers of at least 2
+    classes, one per image."""
+    y = np.asarray(y).reshape(-1)
+    if y.dtype.kind == "f":
+        if not np.isfinite(y).all():
+            raise DatasetError(f"dataset {path!r}: labels {yk!r} hold NaN or inf; labels must be integers")
+        if not (y == np.round(y)).all():
+            raise DatasetError(f"dataset {path!r}: labels {yk!r} are not integers")
+    elif y.dtype.kind not in "iub":
+        raise DatasetError(f"dataset {path!r}: labels {yk!r} must be integers, got {y.dtype}")
+    if len(y) != n_images:
+        raise DatasetError(f"dataset {path!r}: {n_images} images but {len(y)} labels; they must be of equal length")
+    if len(np.unique(y)) < 2:
+        raise DatasetError(f"dataset {path!r}: the labels hold {len(np.unique(y))} class(es); clustering needs "
+                           f"at least 2")
+    return y.astype(np.int64)
+
+
 def _npz_header(path: str, key: str) -> tuple[tuple[int, ...], np.dtype]:
     """Shape and dtype of one array of an .npz without reading its data."""
     with zipfile.ZipFile(path) as zf, zf.open(key + ".npy") as f:
@@ -269,7 +288,7 @@ def _npz_spec_cached(abspath: str, mtime_ns: int, size: int, path: str) -> Datas
     xk, yk = _npz_arrays(path)
     shape, dtype = _npz_header(path, xk)
     with np.load(path, allow_pickle=False) as z:
-        labels = z[yk]
+        labels = _checked_labels(path, yk, z[yk], int(shape[0]) if shape else -1)
     ncl = int(len(np.unique(labels)))
     if len(shape) in (3, 4) and dtype == np.uint8:
         ch = 1 if len(shape) == 3 else int(shape[3])
@@ -295,7 +314,8 @@ def _npz_stats(path: str, key: str, ch: int) -> tuple[tuple[float, ...], tuple[f
 def _load_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
     xk, yk = _npz_arrays(path)
     with np.load(path, allow_pickle=False) as z:
-        x, y = z[xk], z[yk].astype(np.int64).reshape(-1)
+        x, y = z[xk], z[yk].reshape(-1)
+    y = _checked_labels(path, yk, y, len(x))
     if x.ndim == 3:
         x = x[..., None]
     if x.dtype != np.uint8:
@@ -412,6 +432,11 @@ def load(name: str, root: str | None = None, split: str = "all", download: bool 
             source, lossy = "decoded JPEG copy of CIFAR-10 (lossy): " + ", ".join(_CIFAR10_NPZ), True
         elif spec.files:
             source += f" under {root}"
+    if len(x) != len(y):
+        raise DatasetError(f"dataset {name!r}: {len(x)} images but {len(y)} labels; they must be of equal length")
+    if len(np.unique(y)) < 2:
+        raise DatasetError(f"dataset {name!r}: the labels hold {len(np.unique(y))} class(es); "
+                           f"clustering needs at least 2")
     if spec.is_image and (x.dtype != np.uint8 or x.ndim != 4):
         raise DatasetError(f"dataset {name!r}: images must be uint8 N x H x W x C, got {x.dtype} {x.shape}")
     return Dataset(name=name, x=x, y=y, num_clusters=spec.num_clusters, spec=spec, split=split, source=source,

@@ -123,6 +123,42 @@ class StudyArgs:
     plugins: tuple[str, ...] = ()
 
 
+def check_args(a: Any) -> None:
+    """Checks of a study's command line (an ``argparse`` namespace of ``lsdc.study``) that
+    must refuse before anything is computed or written: one StudyError line each."""
+    import math
+    storage = getattr(a, "storage", None)
+    if storage is not None and not str(storage).strip():
+        raise StudyError("--storage: empty; give a folder or a URI (e.g. --storage results)")
+    for flag, value, lo in (("--gpus-per-trial", getattr(a, "gpus_per_trial", None), 0.0),
+                            ("--cpus-per-trial", getattr(a, "cpus_per_trial", None), 0.0)):
+        if value is None:
+            continue
+        if not isinstance(value, (int, float)) or not math.isfinite(value) or value < lo \
+                or (flag == "--cpus-per-trial" and value <= 0):
+            raise StudyError(f"{flag}: must be a finite number {'> 0' if flag == '--cpus-per-trial' else '>= 0'}"
+                             f", got {value}")
+    names = [o.split("=", 1)[0].strip().replace("-", "_") for o in (getattr(a, "overrides", None) or [])]
+    if "seed" in names:
+        raise StudyError("--set seed: the seeds are chosen with --seeds (e.g. --seeds 0-9), not --set seed")
+    if "dataset" in names:
+        raise StudyError("--set dataset: the dataset is chosen with --dataset, not --set dataset")
+    device = next((o.split("=", 1)[1].strip() for o in reversed(getattr(a, "overrides", None) or [])
+                   if o.split("=", 1)[0].strip() == "device"), None)
+    if device and device.startswith("cuda") and not (getattr(a, "address", None) or os.environ.get("RAY_ADDRESS")):
+        check_local_device(device)
+
+
+def check_local_device(device: str) -> None:
+    """A CUDA device asked for on a local cluster must exist on this machine."""
+    import torch
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    idx = device.partition(":")[2]
+    if n == 0 or (idx.isdigit() and int(idx) >= n):
+        raise StudyError(f"--set device={device}: this machine has {n or 'no'} CUDA device(s); "
+                         f"use --set device=cpu (or auto), or --address a cluster with GPUs")
+
+
 def parse_seeds(text: str | list[str] | None) -> list[int] | None:
     """``"0,1,2"``, ``"0-9"``, ``"0 1 2"`` (or a list of such parts) -> explicit list; empty
     or duplicates are errors."""
@@ -154,6 +190,8 @@ def plan(study: Study, dataset: str, seeds: list[int] | None = None, overrides: 
     with ``precision`` resolved for ``device_type`` and the data fingerprinted."""
     overrides = overrides or {}
     env = env or Env()
+    if dataset.endswith(".npz"):      # each trial runs in another folder: a relative path would not be found
+        dataset = os.path.abspath(os.path.expanduser(dataset))
     known = preset(dataset)
     out: list[Planned] = []
     fingerprints: dict[str, str] = {}

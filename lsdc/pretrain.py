@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import tempfile
+import uuid
 import time
 import warnings
 from typing import Callable
@@ -91,7 +92,11 @@ def _save_atomic(obj, path: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-", suffix=".pt")
     os.close(fd)
     try:
+        from .storage import _enospc_hook, fault, file_mode
+        _enospc_hook()
         torch.save(obj, tmp)
+        os.chmod(tmp, file_mode())     # mkstemp's 0600 would hide the backbone from the team
+        fault("backbone-write")
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -414,7 +419,7 @@ def ensure_backbone(cfg: TrialConfig, env: Env, ds: data_mod.Dataset | None = No
         ds = ds or pretrain_data(cfg, env)
         fingerprint = ds.fingerprint
     path = backbone_path(cfg, env.cache_dir, fingerprint)
-    if os.path.exists(path):
+    if os.path.exists(path) and cached_backbone_ok(path, cfg, fingerprint, log):
         return path
     ds = ds or pretrain_data(cfg, env)
     if ds.fingerprint != fingerprint:
@@ -427,14 +432,33 @@ def ensure_backbone(cfg: TrialConfig, env: Env, ds: data_mod.Dataset | None = No
     return path
 
 
+def cached_backbone_ok(path: str, cfg: TrialConfig, fingerprint: str | None, log: Log = print) -> bool:
+    """Whether the cached backbone at ``path`` loads (weights only) and is ``cfg``'s; if not,
+    it is moved aside to ``backbones/quarantine/`` with a warning, so that it is pretrained again."""
+    from .models import build_model
+    try:
+        load_backbone(build_model(cfg).backbone, path, cfg, fingerprint)
+        return True
+    except CheckpointError as e:
+        folder = os.path.join(os.path.dirname(path), "quarantine")
+        os.makedirs(folder, exist_ok=True)
+        dst = os.path.join(folder, f"{os.path.basename(path)}.{uuid.uuid4().hex[:8]}")
+        try:
+            os.replace(path, dst)
+        except FileNotFoundError:      # another worker moved it already
+            return False
+        msg = str(e).replace("; delete it to pretrain again", "")
+        log(f"warning: {msg}: moved to {dst}; pretraining it again")
+        return False
+
+
 def load_backbone(backbone: nn.Module, path: str, cfg: TrialConfig | None = None,
                   fingerprint: str | None = None) -> dict:
     """Load a cached backbone strictly (``weights_only=True``); returns its metadata."""
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated file, not a torch file, unsafe pickle ...
-        raise CheckpointError(f"backbone checkpoint {path} is unreadable ({load_error_reason(e)}); "
-                              f"delete it to pretrain again") from None
+        raise CheckpointError(f"backbone checkpoint {path} is unreadable ({load_error_reason(e)})") from None
     if not isinstance(blob, dict) or "state_dict" not in blob:
         raise CheckpointError(f"backbone checkpoint {path}: expected a dict with 'state_dict' and 'meta'")
     meta = blob.get("meta", {})

@@ -103,45 +103,130 @@ def content_key(rec: dict) -> str:
 
 
 def finished_keys(storage: Storage, study: str) -> set[str]:
+    """The names of the record files in ``study`` (unverified: see :func:`verified_keys`)."""
     return {name[:-5] for name in storage.list(f"{study}/records", ".json")}
 
 
-def _check(rec: Any, key: str) -> dict:
+METRICS = ("acc", "nmi", "ari")
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _check(rec: Any, key: str, study: str | None = None) -> dict:
+    """``rec`` verified as the record of ``key`` (of ``study``, if given); ValueError naming
+    the first check it fails. Schema-1 records come back with ``data.note`` saying they are
+    not fingerprinted."""
     if not isinstance(rec, dict) or rec.get("schema") not in (1, SCHEMA) or not isinstance(rec.get("config"), dict) \
             or rec.get("status") not in ("finished", "diverged"):
         raise ValueError("not an lsdc record")
+    for field, types in (("study", str), ("variant", str), ("final", dict), ("history", list)):
+        if not isinstance(rec.get(field), types):
+            raise ValueError(f"field {field!r} missing or not a {types.__name__}")
+    if study is not None and rec["study"] != study:
+        raise ValueError(f"it is a record of study {rec['study']!r}, not {study!r}")
+    seed = rec.get("seed", rec["config"].get("seed"))
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0 or seed != rec["config"].get("seed"):
+        raise ValueError(f"its seed {seed!r} is not its config's seed {rec['config'].get('seed')!r}")
+    for m in METRICS:
+        v = rec["final"].get(m)
+        if v is not None and (not _is_num(v) or not 0.0 <= v <= 1.0):
+            raise ValueError(f"final {m} {v!r} is not a number in [0, 1] or null")
+    for m in ("confident_frac", "confident_acc", "loss"):
+        v = rec["final"].get(m)
+        if v is not None and not _is_num(v):
+            raise ValueError(f"final {m} {v!r} is not a number or null")
     if content_key(rec) != key:
         raise ValueError("its content does not hash to its file name")
+    if rec.get("schema") == SCHEMA and rec.get("key", key) != key:
+        raise ValueError(f"its key field {rec.get('key')!r} is not its file name")
     if rec.get("schema") == 1:
         rec = dict(rec, data={"fingerprint": None, "note": NOT_FINGERPRINTED})
     return rec
 
 
-def read_records(storage: Storage, studies: Iterable[str] | None = None) -> tuple[list[dict], list[str]]:
+_READ_ERRORS = (OSError, ValueError, KeyError, TypeError, AttributeError, json.JSONDecodeError, UnicodeDecodeError)
+
+
+def verify(storage: Storage, study: str, key: str) -> dict:
+    """The record ``key`` of ``study``, read as JSON and verified; ValueError (with the
+    reason) if it cannot be read or fails a check."""
+    try:
+        rec = storage.read_json(record_path(study, key))
+    except _READ_ERRORS as e:   # truncated, not JSON, not UTF-8, gone
+        raise ValueError(f"unreadable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    try:
+        return _check(rec, key, study)
+    except ValueError:
+        raise
+    except _READ_ERRORS as e:
+        raise ValueError(f"unreadable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+
+
+def read_records(storage: Storage, studies: Iterable[str] | None = None,
+                 reasons: dict[str, str] | None = None) -> tuple[list[dict], list[str]]:
     """All readable, verified records (of the given studies, or all), and the paths of the
-    others. Records of schema 1 are read as they are, with ``data.fingerprint`` None."""
+    others (with why in ``reasons``, if given). Never raises on a bad record. Records of
+    schema 1 are read as they are, with ``data.fingerprint`` None."""
     good, bad = [], []
     for study in (studies if studies is not None else storage.list_dirs()):
         for name in storage.list(f"{study}/records", ".json"):
-            rel = record_path(study, name[:-5])
             try:
-                good.append(_check(storage.read_json(rel), name[:-5]))
-            except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError, UnicodeDecodeError):
-                bad.append(storage.uri_of(rel))
+                good.append(verify(storage, study, name[:-5]))
+            except Exception as e:   # a bad record never crashes a reader
+                bad.append(storage.uri_of(record_path(study, name[:-5])))
+                if reasons is not None:
+                    reasons[bad[-1]] = str(e)
     return good, bad
 
 
-def done_keys(storage: Storage, study: str, planned: list) -> set[str]:
-    """The keys of ``planned`` that have a record in ``study``: under their key, or under
-    one of their lsdc 0.1 keys (a store written by lsdc 0.1 is recognised as it is)."""
-    have = finished_keys(storage, study)
+def verified_keys(storage: Storage, study: str, bad: dict[str, str] | None = None) -> set[str]:
+    """The keys of the records of ``study`` that pass :func:`verify`; the others in ``bad``
+    (key -> reason)."""
+    out = set()
+    for key in finished_keys(storage, study):
+        try:
+            verify(storage, study, key)
+            out.add(key)
+        except Exception as e:
+            if bad is not None:
+                bad[key] = str(e)
+    return out
+
+
+def done_keys(storage: Storage, study: str, planned: list, bad: dict[str, str] | None = None) -> set[str]:
+    """The keys of ``planned`` that have a verified record in ``study``: under their key, or
+    under one of their lsdc 0.1 keys (a store written by lsdc 0.1 is recognised as it is)."""
+    have = verified_keys(storage, study, bad)
     return {p.key for p in planned if p.key in have or any(k in have for k in p.legacy_keys)}
+
+
+def quarantine(storage: Storage, study: str, log=print) -> list[str]:
+    """Move every record of ``study`` that fails verification to ``<study>/quarantine/``,
+    naming each and why; returns the new paths. Only the study runner calls this: readers skip."""
+    storage.sweep_tmp(f"{study}/records")        # left by a writer killed before its rename
+    storage.sweep_tmp(f"{study}/checkpoints")
+    bad: dict[str, str] = {}
+    verified_keys(storage, study, bad)
+    moved = []
+    for key, why in sorted(bad.items()):
+        try:
+            dst = storage.move_aside(record_path(study, key), f"{study}/quarantine")
+        except OSError as e:
+            log(f"[{study}] record {storage.uri_of(record_path(study, key))} is invalid ({why}) and could not be "
+                f"moved aside ({e}); it is ignored")
+            continue
+        moved.append(dst)
+        log(f"[{study}] quarantined record {key}.json ({why}): moved to {storage.uri_of(dst)}; its trial runs again")
+    return moved
 
 
 def reuse_records(storage: Storage, study: str, planned: list) -> int:
     """Copy into ``study`` the records that other studies already hold for the same trial
     (same key = same effective config, seed and data, e.g. Table 3's #3 and Table 5's 256
-    column; lsdc 0.1 records under their own key); returns how many were reused."""
+    column; lsdc 0.1 records under their own key); returns how many were reused. Each is
+    verified as a record of its own study first."""
     done = done_keys(storage, study, planned)
     wanted = {p.key: p for p in planned if p.key not in done}
     if not wanted:
@@ -156,8 +241,8 @@ def reuse_records(storage: Storage, study: str, planned: list) -> int:
             if found is None:
                 continue
             try:
-                rec = _check(storage.read_json(record_path(other, found)), found)
-            except (OSError, ValueError, KeyError, TypeError):
+                rec = verify(storage, other, found)
+            except ValueError:
                 continue
             if rec.get("schema") == 1:
                 rec = storage.read_json(record_path(other, found))   # copied as written, not annotated

@@ -5,17 +5,32 @@ Layout under the storage root::
     backbones/<method>-<dataset>-<key>.pt      pretrained backbones, shared by every study
     <study>/records/<trial key>.json           one self-contained record per finished trial
     <study>/plans/<dataset>.json               what the last run of the study planned
-    <study>/tune/<experiment>/                 Ray Tune's experiment state and checkpoints
+    <study>/checkpoints/<trial key>/           lsdc's own checkpoint of an unfinished trial
+                                               (trial.pt: weights only; meta.json: key, epoch, sha256)
+    <study>/quarantine/                        records that failed verification, moved aside
+    <study>/tune/<experiment>-r<N>/            Ray Tune's results of run N (never restored: it is pickled)
 
 Records are written atomically (write to a temporary name, then rename; on object stores a
 single put), so a crash mid-write never leaves a half-written record under its final name.
+Files are created readable by the group and others as the umask allows (``0o666 & ~umask``),
+like any file a user writes, so a team can share the storage.
+
+Test hooks (nothing happens when they are unset): ``LSDC_FAULT=<point>[,<point>...]`` makes
+the process exit with status 137 (as if killed) at that named point: ``record-write`` /
+``checkpoint-write`` / ``backbone-write`` (a trial's record, checkpoint or a pretrained
+backbone: after the temporary file is written, before the rename), ``mid-epoch`` (in a trial,
+after its first epoch), ``journal-write`` (the search: half of a line appended to Optuna's
+journal). ``LSDC_FAULT_ONCE=<folder>`` makes each point fire once (a file per point there).
+``LSDC_FAULT_ENOSPC=<file>``: while that file exists, storage writes fail with ENOSPC.
 """
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
 import posixpath
+import shutil
 import uuid
 from typing import Any
 
@@ -24,6 +39,42 @@ import pyarrow.fs as pafs
 
 class StorageError(ValueError):
     """A storage location that cannot be used; the message names it and why."""
+
+
+def fault_armed(point: str) -> bool:
+    """Test hook: whether ``$LSDC_FAULT`` names ``point``. With ``$LSDC_FAULT_ONCE`` (a folder)
+    only once per point: the first call creates a file named after it there, later ones say no."""
+    want = os.environ.get("LSDC_FAULT", "")
+    if not want or point not in want.split(","):
+        return False
+    once = os.environ.get("LSDC_FAULT_ONCE")
+    if once:
+        try:
+            os.makedirs(once, exist_ok=True)
+            os.close(os.open(os.path.join(once, point), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return False
+    return True
+
+
+def fault(point: str) -> None:
+    """Test hook: exit as if killed (status 137) at ``point`` when :func:`fault_armed`."""
+    if fault_armed(point):
+        os._exit(137)
+
+
+def file_mode() -> int:
+    """The mode of a newly created file under the current umask (0o666 & ~umask)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def _enospc_hook() -> None:
+    """Test hook: ``$LSDC_FAULT_ENOSPC`` names a file; while it exists, storage writes fail with ENOSPC."""
+    flag = os.environ.get("LSDC_FAULT_ENOSPC")
+    if flag and os.path.exists(flag):
+        raise OSError(errno.ENOSPC, "No space left on device (LSDC_FAULT_ENOSPC)")
 
 
 def _json_default(o: Any):
@@ -100,12 +151,12 @@ class Storage:
             raise StorageError(f"storage: cannot write to {self.uri!r} ({reason}); "
                                f"pass --storage a writable folder or URI") from None
 
-    def write_json(self, rel: str, obj: Any) -> None:
+    def write_json(self, rel: str, obj: Any, fault_point: str | None = None) -> None:
         """Atomically write ``obj`` as JSON at ``rel``."""
         blob = json.dumps(_clean(obj), indent=1, default=_json_default, allow_nan=False).encode()
-        self.write_bytes(rel, blob)
+        self.write_bytes(rel, blob, fault_point)
 
-    def write_bytes(self, rel: str, blob: bytes) -> None:
+    def write_bytes(self, rel: str, blob: bytes, fault_point: str | None = None) -> None:
         final = self.path(rel)
         parent = posixpath.dirname(final) if not self.is_local else os.path.dirname(final)
         self.fs.create_dir(parent, recursive=True)
@@ -113,9 +164,13 @@ class Storage:
             tmp = os.path.join(parent, f".tmp-{uuid.uuid4().hex}-{os.path.basename(final)}")
             try:
                 with open(tmp, "wb") as f:
+                    _enospc_hook()
                     f.write(blob)
                     f.flush()
                     os.fsync(f.fileno())
+                os.chmod(tmp, file_mode())
+                if fault_point:
+                    fault(fault_point)
                 os.replace(tmp, final)
             finally:
                 if os.path.exists(tmp):
@@ -148,6 +203,45 @@ class Storage:
         pafs.copy_files(self.path(rel), tmp, source_filesystem=self.fs, destination_filesystem=pafs.LocalFileSystem())
         os.replace(tmp, local_path)
 
-    def put_file(self, local_path: str, rel: str) -> None:
+    def put_file(self, local_path: str, rel: str, fault_point: str | None = None) -> None:
         with open(local_path, "rb") as f:
-            self.write_bytes(rel, f.read())
+            self.write_bytes(rel, f.read(), fault_point)
+
+    def read_bytes(self, rel: str) -> bytes:
+        with self.fs.open_input_stream(self.path(rel)) as f:
+            return f.read()
+
+    def delete_dir(self, rel: str) -> None:
+        """Remove a folder and everything in it; nothing if it does not exist."""
+        try:
+            if self.is_local:
+                shutil.rmtree(self.path(rel), ignore_errors=True)
+            elif self.exists(rel):
+                self.fs.delete_dir(self.path(rel))
+        except OSError:
+            pass
+
+    def sweep_tmp(self, rel: str) -> int:
+        """Remove the temporary files (``.tmp-*``) a killed writer left under ``rel`` (local
+        storage; object stores write atomically). Only for the study runner, before its trials
+        start; returns how many."""
+        n = 0
+        if not self.is_local:
+            return 0
+        for d, _, files in os.walk(self.path(rel)):
+            for f in files:
+                if f.startswith(".tmp-"):
+                    try:
+                        os.remove(os.path.join(d, f))
+                        n += 1
+                    except OSError:
+                        pass
+        return n
+
+    def move_aside(self, rel: str, folder: str) -> str:
+        """Move the file ``rel`` into ``folder`` (relative to the root) under a new unique
+        name; returns the new relative path."""
+        dst = f"{folder}/{posixpath.basename(rel)}.{uuid.uuid4().hex[:8]}"
+        self.fs.create_dir(self.path(folder), recursive=True)
+        self.fs.move(self.path(rel), self.path(dst))
+        return dst

@@ -29,6 +29,7 @@ from .models import CheckpointError
 from .planning import Planned, Study, StudyArgs, StudyError, Variant, parse_seeds, plan  # noqa: F401 (API)
 from .registry import LABELERS, RegistryError, load_plugins
 from .storage import StorageError
+from .planning import check_args
 
 ERRORS = (ConfigError, StudyError, StorageError, data_mod.DatasetError, CheckpointError, RegistryError)
 
@@ -74,6 +75,7 @@ def parse_args(study: Study, argv: Sequence[str] | None = None) -> StudyArgs:
 
 def study_args(a: argparse.Namespace) -> StudyArgs:
     """The shared flags, checked, from a namespace of :func:`build_parser` (or an extension of it)."""
+    check_args(a)
     load_plugins(a.plugins)
     overrides = dict(parse_override(o) for o in a.overrides)
     if a.epochs is not None:

@@ -1,6 +1,10 @@
 """A planned study end to end on Ray: backbones (one Ray task each), k-means baselines (Ray
-tasks), then the trials under a ``Tuner`` (or ``Tuner.restore`` of the same study's
-interrupted run), with the live progress view."""
+tasks), then the trials under a ``Tuner``, with the live progress view.
+
+Resuming never reads Ray Tune's pickled state (``tuner.pkl``, experiment state): each run is a
+new Tune experiment (``<name>-r<N>``) of the trials without a verified record, and each trial
+continues from lsdc's own checkpoint in the storage (JSON + weights-only tensors), see
+:mod:`lsdc.runner.trainable`."""
 from __future__ import annotations
 
 import hashlib
@@ -11,7 +15,7 @@ import ray
 from ray import tune
 
 from ..planning import Planned, Study, StudyArgs, dataset_tag
-from ..records import done_keys, reuse_records
+from ..records import done_keys, quarantine, reuse_records
 from ..storage import Storage
 from .cluster import check_resources, default_gpus_per_trial, init_ray, ray_env, remote
 from .progress import Progress
@@ -27,16 +31,16 @@ def experiment_name(study: Study, planned: list[Planned]) -> str:
 
 def preflight(planned: list[Planned], args: StudyArgs, storage: Storage) -> None:
     """Everything that can be checked before compute: storage, cached checkpoints (the data
-    was loaded and fingerprinted by planning)."""
-    from ..models import build_model
-    from ..pretrain import backbone_path, load_backbone
+    was loaded and fingerprinted by planning). A cached backbone that does not load or is not
+    the trial's is moved aside with a warning (and pretrained again), never fatal."""
+    from ..pretrain import backbone_path, cached_backbone_ok
     storage.check_location()
     seen = set()
     for p in planned:
         path = backbone_path(p.cfg, args.env.cache_dir, p.fingerprint) if p.cfg.pretrain != "none" else None
         if path and path not in seen and os.path.exists(path):
             seen.add(path)
-            load_backbone(build_model(p.cfg).backbone, path, p.cfg, p.fingerprint)
+            cached_backbone_ok(path, p.cfg, p.fingerprint, log=print)
 
 
 def plugin_env(args: StudyArgs) -> dict[str, str]:
@@ -56,18 +60,23 @@ def _run_study(study: Study, planned: list[Planned], args: StudyArgs) -> int:
     storage = Storage(args.storage)
     preflight(planned, args, storage)            # nothing is written before this passes
     exists = os.path.isdir(storage.root) or not storage.is_local
-    done = done_keys(storage, study.name, planned) if exists else set()
+    bad: dict[str, str] = {}
+    done = done_keys(storage, study.name, planned, bad) if exists else set()
     if all(p.key in done for p in planned):
         print(f"[{study.name}] nothing to do: all {len(planned)} planned trials have records. Tables: "
               f"python analysis/make_tables.py --storage {args.storage}")
         return 0
     timings: dict[str, float] = {}
     interrupted = False
+    session = None
     try:
         timings["ray_init"] = init_ray(args.address, dashboard=args.dashboard, env_vars=plugin_env(args))
+        session = local_session_dir(args.address)
         gpus = default_gpus_per_trial() if args.gpus_per_trial is None else args.gpus_per_trial
         check_resources(gpus, args.cpus_per_trial)   # fails in seconds instead of waiting forever
+        check_cluster_device(planned[0].cfg.device)
         storage.check_writable()
+        quarantine(storage, study.name)
         storage.write_json(f"{study.name}/plans/{dataset_tag(planned[0].cfg.dataset)}.json", {
             "study": study.name, "title": study.title, "dataset": planned[0].cfg.dataset,
             "trials": [{"key": p.key, "variant": p.variant, "row": p.row, "kind": p.kind, "seed": p.cfg.seed,
@@ -94,8 +103,7 @@ def _run_study(study: Study, planned: list[Planned], args: StudyArgs) -> int:
         interrupted = True
         print(f"[{study.name}] interrupted (Ctrl-C): stopping", flush=True)
     finally:
-        if ray.is_initialized():
-            ray.shutdown()
+        shutdown_ray(session)
     done = done_keys(storage, study.name, planned)
     missing = [p for p in planned if p.key not in done]
     total = time.perf_counter() - t_start
@@ -109,6 +117,46 @@ def _run_study(study: Study, planned: list[Planned], args: StudyArgs) -> int:
         return 130 if interrupted else 1
     print(f"[{study.name}] done. Tables: python analysis/make_tables.py --storage {args.storage}")
     return 0
+
+
+def local_session_dir(address: str | None) -> str | None:
+    """The session folder of the local Ray cluster this process started (None when joining
+    a cluster given by --address)."""
+    if address:
+        return None
+    try:
+        return ray._private.worker._global_node.get_session_dir_path()
+    except Exception:
+        return None
+
+
+def shutdown_ray(session: str | None) -> None:
+    """Shut Ray down and remove the session folder of a local cluster lsdc started."""
+    import shutil
+    if ray.is_initialized():
+        ray.shutdown()
+    if session and os.path.basename(session).startswith("session_") and os.path.isdir(session):
+        shutil.rmtree(session, ignore_errors=True)
+        latest = os.path.join(os.path.dirname(session), "session_latest")
+        if os.path.islink(latest) and os.path.realpath(latest) == os.path.realpath(session):
+            try:
+                os.remove(latest)
+            except OSError:
+                pass
+
+
+def check_cluster_device(device: str) -> None:
+    """A CUDA device asked for with --set device must exist on the cluster's nodes."""
+    from ..planning import StudyError
+    if device and device.startswith("cuda") and ray.cluster_resources().get("GPU", 0.0) <= 0:
+        raise StudyError(f"--set device={device}: the Ray cluster has no GPU; use --set device=cpu (or auto)")
+
+
+def next_run_name(storage: Storage, study: str, name: str) -> str:
+    """A new Tune experiment folder for this run: ``<name>-r<N>``, N one more than any there."""
+    runs = [d.rsplit("-r", 1)[1] for d in storage.list_dirs(f"{study}/tune") if d.startswith(name + "-r")]
+    n = max((int(r) for r in runs if r.isdigit()), default=0)
+    return f"{name}-r{n + 1}"
 
 
 def _run_pretraining(study: Study, pending: list[Planned], args: StudyArgs, storage: Storage, res) -> None:
@@ -144,26 +192,25 @@ def _run_kmeans(study: Study, jobs: list[Planned], args: StudyArgs, storage: Sto
 def _run_trials(study: Study, planned: list[Planned], trials: list[Planned], done_outside: int, args: StudyArgs,
                 storage: Storage, resources: dict[str, float]) -> bool:
     """Run (or resume) the trials under Ray Tune; True if the run was interrupted."""
-    name = experiment_name(study, planned)
-    exp_path = storage.uri_of(study.name, "tune", name)
+    name = next_run_name(storage, study.name, experiment_name(study, planned))
     trainable = tune.with_resources(lsdc_trainable, resources)
-    if tune.Tuner.can_restore(exp_path):
-        print(f"[{study.name}] resuming Ray Tune experiment {exp_path}", flush=True)
-        tuner = tune.Tuner.restore(exp_path, trainable=trainable, resume_unfinished=True, resume_errored=True)
-    else:
-        if args.resume:
-            print(f"[{study.name}] --resume: no interrupted run of this study in the storage; starting it")
-        space = {"spec": tune.grid_search([p.to_dict() for p in trials]), "env": args.env.to_dict(),
-                 "storage": storage.uri, "checkpoint_every": args.checkpoint_every, "plugins": list(args.plugins)}
-        progress = Progress(study.name, len(planned), done_outside, quiet=args.quiet)
-        tuner = tune.Tuner(
-            trainable, param_space=space,
-            tune_config=tune.TuneConfig(reuse_actors=True, trial_name_creator=_trial_name,
-                                        trial_dirname_creator=_trial_name),
-            run_config=tune.RunConfig(
-                storage_path=storage.uri_of(study.name, "tune"), name=name, verbose=0, callbacks=[progress],
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                failure_config=tune.FailureConfig(max_failures=args.max_failures)))
+    resumable = [p for p in trials if storage.exists(f"{study.name}/checkpoints/{p.key}/meta.json")]
+    if resumable:
+        print(f"[{study.name}] resuming: {len(resumable)} trial(s) continue from their lsdc checkpoints "
+              f"(Ray Tune's pickled state is never restored)", flush=True)
+    elif args.resume:
+        print(f"[{study.name}] --resume: no interrupted trial of this study in the storage; starting it")
+    space = {"spec": tune.grid_search([p.to_dict() for p in trials]), "env": args.env.to_dict(),
+             "storage": storage.uri, "checkpoint_every": args.checkpoint_every, "plugins": list(args.plugins)}
+    progress = Progress(study.name, len(planned), done_outside, quiet=args.quiet)
+    tuner = tune.Tuner(
+        trainable, param_space=space,
+        tune_config=tune.TuneConfig(reuse_actors=True, trial_name_creator=_trial_name,
+                                    trial_dirname_creator=_trial_name),
+        run_config=tune.RunConfig(
+            storage_path=storage.uri_of(study.name, "tune"), name=name, verbose=0, callbacks=[progress],
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            failure_config=tune.FailureConfig(max_failures=args.max_failures)))
     results = tuner.fit()
     for r in results:
         if r.error is not None:

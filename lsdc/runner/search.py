@@ -1,6 +1,12 @@
 """The Optuna search under Ray Tune: a sampler (TPE, seeded) proposes configurations of the
 registered search space, ASHA stops poor trials on their per-epoch objective, and Optuna's
-state lives in a journal file in the storage (safe with concurrent workers, resumable)."""
+state lives in a journal file in the storage (safe with concurrent workers, resumable).
+
+Resuming reads only the journal (JSON lines): a torn or corrupt line is cut off (the file is
+kept beside it), trials left RUNNING by a killed search are marked FAIL, and a new Tune run
+(``<name>-r<N>``) samples the remaining trials. Ray Tune's pickled state is never restored.
+Checkpoints of search trials are removed once their Tune run ends (a search trial is never
+resumed: the sampler proposes a new one)."""
 from __future__ import annotations
 
 import functools
@@ -94,9 +100,11 @@ def _run_search(base: TrialConfig, args: StudyArgs, n_trials: int, objective: st
     name = f"search-{ds}-{base.labeler}-{objective}-{tag}"
     t_start = time.perf_counter()
     interrupted = False
-    from .orchestrate import plugin_env
+    from .orchestrate import local_session_dir, plugin_env, shutdown_ray
+    session = None
     try:
         init_ray(args.address, dashboard=args.dashboard, env_vars=plugin_env(args))
+        session = local_session_dir(args.address)
         gpus = default_gpus_per_trial() if args.gpus_per_trial is None else args.gpus_per_trial
         check_resources(gpus, args.cpus_per_trial)   # before anything is written
         device_type = "cuda" if gpus > 0 else "cpu"
@@ -104,9 +112,14 @@ def _run_search(base: TrialConfig, args: StudyArgs, n_trials: int, objective: st
         fingerprint = data_mod.fingerprint(base.dataset, args.env.data_root, base.split, args.env.download)
         storage.check_writable()
         os.makedirs(storage.path("search"), exist_ok=True)
-        journal = JournalStorage(JournalFileBackend(storage.path("search", f"{name}.journal")))
+        jpath = storage.path("search", f"{name}.journal")
+        repair_journal(jpath, log=print)
+        hooked = "journal-write" in os.environ.get("LSDC_FAULT", "").split(",")   # a test hook only
+        journal = JournalStorage((_journal_backend(JournalFileBackend) if hooked else JournalFileBackend)(jpath))
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         study = optuna.create_study(study_name=name, storage=journal, direction="maximize", load_if_exists=True)
+        fail_stale_trials(study, journal, log=print)
+        storage.delete_dir("search/checkpoints")      # left by a killed run: never resumed
         done = sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
         print(f"[search] {name}: objective {objective}, {done}/{n_trials} trials done, journal "
               f"{storage.path('search', name + '.journal')}", flush=True)
@@ -120,37 +133,31 @@ def _run_search(base: TrialConfig, args: StudyArgs, n_trials: int, objective: st
             ray.get(remote(pretrain_task, args.cpus_per_trial, gpus).remote(
                 planned.to_dict(), args.env.to_dict(), storage.uri))
         while not interrupted:
-            states = [t.state for t in study.trials]
-            done = states.count(optuna.trial.TrialState.COMPLETE)
+            done = sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+            if done >= n_trials:
+                break
             runs = sorted(int(d.rsplit("-r", 1)[1]) for d in storage.list_dirs("search/tune")
                           if d.startswith(name + "-r") and d.rsplit("-r", 1)[1].isdigit())
-            last = storage.uri_of("search", "tune", f"{name}-r{runs[-1]}") if runs else None
-            resume = last is not None and optuna.trial.TrialState.RUNNING in states and tune.Tuner.can_restore(last)
-            if done >= n_trials and not resume:
-                break
-            if resume:
-                print(f"[search] resuming the interrupted Ray Tune experiment {last}", flush=True)
-                tuner = tune.Tuner.restore(last, trainable=trainable, resume_unfinished=True, resume_errored=True)
-            else:
-                run = f"{name}-r{(runs[-1] + 1) if runs else 1}"
-                searcher = OptunaSearch(space=functools.partial(search_space, base=fixed["base"]),
-                                        metric="objective", mode="max",
-                                        sampler=optuna.samplers.TPESampler(seed=sampler_seed + len(runs)),
-                                        storage=journal, study_name=name)
-                scheduler = ASHAScheduler(time_attr="training_iteration", max_t=base.epochs,
-                                          grace_period=max(1, base.epochs // 4), reduction_factor=3) \
-                    if asha else FIFOScheduler()
-                tuner = tune.Tuner(
-                    trainable,
-                    tune_config=tune.TuneConfig(
-                        metric="objective", mode="max", num_samples=n_trials - done, scheduler=scheduler,
-                        search_alg=ConcurrencyLimiter(searcher, max_concurrent=max_concurrent), reuse_actors=True),
-                    run_config=tune.RunConfig(
-                        storage_path=storage.uri_of("search", "tune"), name=run, verbose=0,
-                        callbacks=[Progress("search", n_trials, done, quiet=args.quiet, epochs=base.epochs)],
-                        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                        failure_config=tune.FailureConfig(max_failures=args.max_failures)))
+            run = f"{name}-r{(runs[-1] + 1) if runs else 1}"
+            searcher = OptunaSearch(space=functools.partial(search_space, base=fixed["base"]),
+                                    metric="objective", mode="max",
+                                    sampler=optuna.samplers.TPESampler(seed=sampler_seed + len(runs)),
+                                    storage=journal, study_name=name)
+            scheduler = ASHAScheduler(time_attr="training_iteration", max_t=base.epochs,
+                                      grace_period=max(1, base.epochs // 4), reduction_factor=3) \
+                if asha else FIFOScheduler()
+            tuner = tune.Tuner(
+                trainable,
+                tune_config=tune.TuneConfig(
+                    metric="objective", mode="max", num_samples=n_trials - done, scheduler=scheduler,
+                    search_alg=ConcurrencyLimiter(searcher, max_concurrent=max_concurrent), reuse_actors=True),
+                run_config=tune.RunConfig(
+                    storage_path=storage.uri_of("search", "tune"), name=run, verbose=0,
+                    callbacks=[Progress("search", n_trials, done, quiet=args.quiet, epochs=base.epochs)],
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                    failure_config=tune.FailureConfig(max_failures=args.max_failures)))
             results = tuner.fit()
+            storage.delete_dir("search/checkpoints")  # every trial of the run has ended: none is resumed
             _merge_search_results(storage, name, results, base)
             errors = [r for r in results if r.error is not None]
             now = sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
@@ -160,8 +167,7 @@ def _run_search(base: TrialConfig, args: StudyArgs, n_trials: int, objective: st
     except KeyboardInterrupt:
         interrupted = True
     finally:
-        if ray.is_initialized():
-            ray.shutdown()
+        shutdown_ray(session)
     summary = _summarise_search(storage, name, objective, base, journal)
     print(f"[search] wall {time.perf_counter() - t_start:.1f} s; best of {summary['n_trials']} trials "
           f"({summary['n_pruned']} stopped early by ASHA): objective {summary['best']['objective']:.4f}, "
@@ -171,6 +177,70 @@ def _run_search(base: TrialConfig, args: StudyArgs, n_trials: int, objective: st
           f"{summary['spearman_vs_acc']}", flush=True)
     print(f"[search] written {storage.path('search', 'best-' + name + '.json')}", flush=True)
     return 130 if interrupted else 0
+
+
+def repair_journal(path: str, log=print) -> bool:
+    """Cut Optuna's journal at its first torn or corrupt line (a search killed mid-write, a
+    damaged file), keeping the original beside it as ``<journal>.corrupt-<n>``; True if it was
+    cut. Lines are JSON: nothing is executed."""
+    if not os.path.exists(path):
+        return False
+    with open(path, "rb") as f:
+        blob = f.read()
+    good = 0
+    for line in blob.splitlines(keepends=True):
+        if not line.endswith(b"\n"):
+            break
+        try:
+            json.loads(line)
+        except ValueError:
+            break
+        good += len(line)
+    if good == len(blob):
+        return False
+    n = 1
+    while os.path.exists(f"{path}.corrupt-{n}"):
+        n += 1
+    os.replace(path, f"{path}.corrupt-{n}")
+    tmp = f"{path}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(blob[:good])
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    log(f"[search] warning: Optuna journal {path} had a torn or corrupt line after byte {good}; cut there "
+        f"(original kept as {path}.corrupt-{n})")
+    return True
+
+
+def fail_stale_trials(study, journal, log=print) -> int:
+    """Mark FAIL the trials a killed search left RUNNING (this search is the only one on its
+    journal), so that they neither pile up nor block the resume; returns how many."""
+    import optuna
+    stale = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.RUNNING]
+    for t in stale:
+        journal.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+    if stale:
+        log(f"[search] {len(stale)} trial(s) left running by an interrupted search marked FAIL; sampling anew")
+    return len(stale)
+
+
+def _journal_backend(base):
+    """Optuna's journal file backend with the ``journal-write`` test hook (see lsdc.storage):
+    the third append writes half a line and exits as if killed."""
+    class Backend(base):
+        appends = 0
+
+        def append_logs(self, logs):
+            Backend.appends += 1
+            if Backend.appends == 3:
+                from ..storage import fault_armed
+                if fault_armed("journal-write"):
+                    with open(self._file_path, "ab") as f:
+                        f.write(json.dumps(logs[0]).encode()[:15])
+                    os._exit(137)
+            return super().append_logs(logs)
+    return Backend
 
 
 def _merge_search_results(storage: Storage, name: str, results, base: TrialConfig) -> None:

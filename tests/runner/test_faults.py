@@ -69,22 +69,21 @@ def records_of(storage):
     return {r["key"]: r for r in read_records(Storage(storage), ["faults"])[0]}
 
 
-def checkpointed_unfinished(storage, min_index=0):
-    """Trial dirs that hold a checkpoint (numbered >= min_index) but whose trial has no record yet.
-
-    Ray snapshots the experiment state at the latest once a trial has made num_to_keep (2)
-    checkpoints since the last snapshot, so checkpoint #2 is surely known to a restore."""
-    base = os.path.join(storage, "faults", "tune")
-    done = {k[:8] for k in records_of(storage)}
+def checkpointed_unfinished(storage, min_epoch=0):
+    """Keys of the trials with an lsdc checkpoint (of epoch >= min_epoch) but no record yet."""
+    import json
+    base = os.path.join(storage, "faults", "checkpoints")
+    done = set(records_of(storage))
     out = []
     if os.path.isdir(base):
-        for exp in os.listdir(base):
-            for t in os.listdir(os.path.join(base, exp)):
-                d = os.path.join(base, exp, t)
-                if os.path.isdir(d) and any(c.startswith("checkpoint_") and int(c.split("_")[1]) >= min_index
-                                            for c in os.listdir(d)) \
-                        and t.rsplit("-", 1)[-1] not in done:
-                    out.append(t)
+        for key in os.listdir(base):
+            try:
+                with open(os.path.join(base, key, "meta.json")) as f:
+                    epoch = json.load(f)["epoch"]
+            except (OSError, ValueError, KeyError):
+                continue
+            if epoch >= min_epoch and key not in done:
+                out.append(key)
     return out
 
 
@@ -116,7 +115,7 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path):
     rerun = subprocess.run([sys.executable, FAULT_STUDY, "--storage", storage, *args], capture_output=True,
                            text=True, timeout=400)
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
-    assert "resuming Ray Tune experiment" in rerun.stdout
+    assert "continue from their lsdc checkpoints" in rerun.stdout
     recs = records_of(storage)
     assert len(recs) == 6                                 # every trial, once
     for k, t in before.items():
@@ -150,12 +149,15 @@ def test_ctrl_c_stops_cleanly_says_how_to_resume_and_leaves_no_ray_processes(tmp
     assert ray_pids() - before == set()
 
 
-def test_normal_exit_leaves_no_ray_processes(tmp_path):
+def test_normal_exit_leaves_no_ray_processes_nor_session_folder(tmp_path):
+    import glob
+    sessions = set(glob.glob("/tmp/ray/session_2*"))
     before = ray_pids()
     assert main(Study(name="clean", title="t", variants=(Variant("a"),)),
                 TINY + ["--epochs", "1", "--seeds", "0", "--storage", str(tmp_path)]) == 0
     time.sleep(1)
     assert ray_pids() - before == set()
+    assert set(glob.glob("/tmp/ray/session_2*")) - sessions == set()     # lsdc's local cluster: removed
 
 
 def test_lost_node_trial_restarts_from_checkpoint_elsewhere(tmp_path):
@@ -224,33 +226,6 @@ def test_unwritable_storage_is_refused_before_anything(tmp_path, capsys):
     assert code == 2 and err.startswith("error: storage: cannot write to") and "is not a directory" in err
 
 
-@pytest.mark.parametrize("kind", ["corrupt", "mismatched", "malicious"])
-def test_bad_cached_checkpoint_is_refused_before_compute(tmp_path, capsys, kind):
-    from lsdc.config import make_config
-    from lsdc.data import fingerprint
-    from lsdc.pretrain import backbone_path
-    store = tmp_path / "store"
-    cfg = make_config("digits", pretrain_epochs=1, width=0.125, batch_size=64, epochs=1, seed=0)
-    path = backbone_path(cfg, str(store), fingerprint("digits"))
-    os.makedirs(os.path.dirname(path))
-    marker = tmp_path / "pwned"
-    if kind == "corrupt":
-        open(path, "wb").write(b"PK\x03\x04 not really a checkpoint")
-    elif kind == "mismatched":
-        torch.save({"state_dict": {"conv1.weight": torch.zeros(1)}, "meta": {}}, path)
-    else:
-        class Evil:
-            def __reduce__(self):
-                return (os.system, (f"touch {marker}",))
-        torch.save({"state_dict": Evil(), "meta": {}}, path)
-    code = main(Study(name="bad", title="t", variants=(Variant("a"),)),
-                TINY + ["--epochs", "1", "--seeds", "0", "--storage", str(store)])
-    err = capsys.readouterr().err.strip()
-    assert code == 2 and err.startswith("error: backbone checkpoint") and len(err.splitlines()) == 1, err
-    assert sorted(os.listdir(store)) == ["backbones"]        # nothing else written
-    assert not marker.exists()                              # weights_only=True: nothing executed
-
-
 def test_records_are_written_atomically(tmp_path, monkeypatch):
     s = Storage(str(tmp_path))
     s.write_json("st/records/a.json", {"schema": 1})
@@ -302,3 +277,143 @@ def test_soak_forty_trials_every_record_and_resources_return(tmp_path, monkeypat
     assert rss_mb() - rss0 < 150, f"driver memory grew by {rss_mb() - rss0:.0f} MB"
     for name in os.listdir(tmp_path / "s" / "soak" / "records"):
         assert "s3cr3t-t0ken-value" not in (tmp_path / "s" / "soak" / "records" / name).read_text()
+
+
+class Evil:
+    """Unpickling it creates the marker file."""
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def plant_pickles(root, marker):
+    """tuner.pkl, an experiment state and a pickled checkpoint in every folder a restore could read."""
+    import pickle
+    os.makedirs(root, exist_ok=True)
+    with open(os.path.join(root, "tuner.pkl"), "wb") as f:
+        pickle.dump(Evil(marker), f)
+    with open(os.path.join(root, "experiment_state-2026-01-01_00-00-00.json"), "w") as f:
+        f.write('{"trial_data": [], "runner_data": {}}')
+    ck = os.path.join(root, "trial_0", "checkpoint_000000")
+    os.makedirs(ck, exist_ok=True)
+    torch.save({"model": Evil(marker)}, os.path.join(ck, "trial.pt"))
+    with open(os.path.join(ck, "meta.json"), "w") as f:
+        f.write('{"restarts": 0, "epoch": 1}')
+
+
+@pytest.mark.timeout(1200)   # several study runs, each a fresh Ray
+def test_planted_pickles_never_execute_and_bad_records_are_quarantined(tmp_path):
+    """Finding 1 (code execution from the storage) and 2 (records trusted by file name), on one
+    storage: a first run with pickles planted everywhere a restore would look, then a re-run
+    after a record was truncated and another copied over a third's file."""
+    import hashlib
+    import json
+    from lsdc.pretrain import backbone_path
+    from lsdc.runner.orchestrate import experiment_name
+    from lsdc.study import parse_args, plan, planned_device_type
+    sys.path.insert(0, HERE)
+    from fault_study import ARGS, STUDY
+    storage, marker = str(tmp_path / "res"), tmp_path / "pwned"
+    argv = ("--epochs", "2", "--seeds", "0")
+    args = parse_args(STUDY, ARGS + ["--storage", storage, *argv])
+    planned = plan(STUDY, args.dataset, args.seeds, args.overrides, [], args.env, planned_device_type(args))
+    name = experiment_name(STUDY, planned)
+    for suffix in ("", "-r1", "-r2"):
+        plant_pickles(os.path.join(storage, "faults", "tune", name + suffix), marker)
+    p = planned[1]                                     # a pickled lsdc checkpoint, its hash made to match
+    ck = os.path.join(storage, "faults", "checkpoints", p.key)
+    os.makedirs(ck)
+    torch.save({"model": Evil(marker)}, os.path.join(ck, "trial-1.pt"))
+    sha = hashlib.sha256(open(os.path.join(ck, "trial-1.pt"), "rb").read()).hexdigest()
+    with open(os.path.join(ck, "meta.json"), "w") as f:
+        json.dump({"key": p.key, "epoch": 1, "restarts": 0, "file": "trial-1.pt", "sha256": sha}, f)
+    bb = backbone_path(p.cfg, storage, p.fingerprint)  # a pickled cached backbone
+    os.makedirs(os.path.dirname(bb))
+    torch.save({"state_dict": Evil(marker), "meta": {}}, bb)
+    run = subprocess.run([sys.executable, FAULT_STUDY, "--storage", storage, *argv], capture_output=True,
+                         text=True, timeout=600)
+    out = run.stdout + run.stderr
+    assert run.returncode == 0, out[-4000:]
+    assert not marker.exists()
+    assert "warning: backbone checkpoint" in out and "pretraining it again" in out
+    recs = records_of(storage)
+    assert len(recs) == 3 and recs[p.key]["restarts"] == 0             # the planted checkpoint was not used
+    assert not os.path.exists(ck)                                       # finished: its checkpoint is gone
+    # finding 2: a truncated record, and one seed's record copied over another trial's file
+    keys = sorted(recs)
+    rdir = os.path.join(storage, "faults", "records")
+    with open(os.path.join(rdir, keys[0] + ".json"), "r+") as f:
+        f.truncate(300)
+    with open(os.path.join(rdir, keys[1] + ".json"), "w") as f:
+        json.dump(recs[keys[2]], f)
+    run = subprocess.run([sys.executable, FAULT_STUDY, "--storage", storage, *argv], capture_output=True,
+                         text=True, timeout=600)
+    out = run.stdout + run.stderr
+    assert run.returncode == 0, out[-4000:]
+    assert "nothing to do" not in out and out.count("quarantined record") == 2, out[-3000:]
+    assert len(os.listdir(os.path.join(storage, "faults", "quarantine"))) == 2
+    after = records_of(storage)
+    assert sorted(after) == keys and after[keys[2]]["finished_at"] == recs[keys[2]]["finished_at"]
+    assert not marker.exists()
+
+
+@pytest.mark.timeout(1200)   # several study runs, each a fresh Ray
+def test_killed_at_named_points_full_disk_then_rerun_completes(tmp_path):
+    """Finding 4: a trial killed mid-epoch, during a checkpoint write and during a record write
+    (LSDC_FAULT, once each), then a run on a full disk (ENOSPC), then space freed: the same
+    command completes, every trial once, with a consistent history, and no manual rm."""
+    storage, once = str(tmp_path / "res"), str(tmp_path / "once")
+    argv = [sys.executable, FAULT_STUDY, "--storage", storage, "--epochs", "3", "--seeds", "0",
+            "--max-failures", "0"]
+    env = dict(os.environ, LSDC_FAULT="mid-epoch,checkpoint-write,record-write", LSDC_FAULT_ONCE=once)
+    run = subprocess.run(argv, capture_output=True, text=True, timeout=600, env=env)
+    assert run.returncode != 0
+    assert sorted(os.listdir(once)) == ["checkpoint-write", "mid-epoch", "record-write"]
+    assert len(records_of(storage)) < 3
+    full = tmp_path / "full"
+    full.write_text("")
+    run = subprocess.run(argv, capture_output=True, text=True, timeout=600,
+                         env=dict(os.environ, LSDC_FAULT_ENOSPC=str(full)))
+    assert run.returncode != 0 and "No space left" in run.stdout + run.stderr
+    full.unlink()                                                         # space freed
+    run = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
+    recs = records_of(storage)
+    assert len(recs) == 3
+    for r in recs.values():
+        assert [h["epoch"] for h in r["history"]] == list(range(1, r["epochs_done"] + 1))
+    leftovers = [f for d, _, fs in os.walk(storage) for f in fs if f.startswith(".tmp-")]
+    assert leftovers == []
+
+
+@pytest.mark.timeout(1200)   # several study runs, each a fresh Ray
+def test_killed_search_resumes_and_never_restores_a_pickle(tmp_path):
+    """Finding 4 (a killed search: UpdateFinishedTrialError, stale RUNNING trials) and 1 (a
+    planted tuner.pkl in the search's predictable run folders), and 6 (checkpoints pruned)."""
+    import glob
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+    storage, marker = str(tmp_path / "res"), tmp_path / "pwned"
+    search = os.path.join(os.path.dirname(os.path.dirname(HERE)), "studies", "search.py")
+    argv = [sys.executable, search, "--storage", storage, "--dataset", "digits", "--set", "width=0.125",
+            "--set", "batch_size=64", "--set", "pretrain=none", "--epochs", "2", "--trials", "2",
+            "--max-concurrent", "1", "--no-asha", "--quiet"]
+    run = subprocess.run(argv, capture_output=True, text=True, timeout=600,
+                         env=dict(os.environ, LSDC_FAULT="journal-write"))
+    assert run.returncode == 137, (run.stdout + run.stderr)[-3000:]  # killed in the middle of a journal line
+    journal = glob.glob(os.path.join(storage, "search", "*.journal"))[0]
+    name = os.path.basename(journal)[:-len(".journal")]
+    for n in (1, 2, 3):
+        plant_pickles(os.path.join(storage, "search", "tune", f"{name}-r{n}"), marker)
+    run = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    out = run.stdout + run.stderr
+    assert run.returncode == 0, out[-4000:]
+    assert "UpdateFinishedTrialError" not in out and "torn or corrupt line" in out
+    assert not marker.exists()
+    study = optuna.load_study(study_name=name, storage=JournalStorage(JournalFileBackend(journal)))
+    states = [t.state.name for t in study.trials]
+    assert "RUNNING" not in states and states.count("COMPLETE") >= 2
+    assert not os.path.exists(os.path.join(storage, "search", "checkpoints"))
