@@ -95,6 +95,8 @@ class Progress(tune.Callback):
         for t in list(self._bars):
             self._close_bar(t)
         if self._main is not None:
+            self._main.n = self.counts(trials)[0]
+            self._main.refresh()
             self._main.close()
             self._main = None
         if self._is_live():
@@ -173,7 +175,7 @@ class Progress(tune.Callback):
             if bar is None:
                 bar = self._bars[trial] = tqdm(total=epochs, desc=f"  {name}", unit="ep", leave=False,
                                                dynamic_ncols=True,
-                                               bar_format="{desc} {bar} ep {n_fmt}/{total_fmt} {postfix}")
+                                               bar_format="{desc} {bar} ep {n_fmt}/{total_fmt}{postfix}")
             bar.n = int(result.get("epoch", 0) or 0)
             if "acc" in result:
                 bar.set_postfix_str(f"acc {result['acc']:.3f}", refresh=False)
