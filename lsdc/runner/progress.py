@@ -42,6 +42,7 @@ class Progress(tune.Callback):
     Its state is only what was known when the experiment was created (it is pickled with
     the experiment and comes back on restore); everything else is read from ``trials``."""
 
+
     def __init__(self, study: str, total: int, done_outside: int, every_s: float = 15.0, quiet: bool = False,
                  epochs: int = 0, t_start: float | None = None, live: bool | None = None):
         self.study, self.total, self.done_outside, self.epochs = study, total, done_outside, epochs
@@ -59,6 +60,10 @@ class Progress(tune.Callback):
         d = dict(self.__dict__)
         d["_bars"], d["_main"] = {}, None
         return d
+
+    def __setstate__(self, d):
+        # a callback unpickled from an experiment written by an older lsdc lacks the newer fields
+        self.__dict__.update({"t_start": None, "live": None, "_bars": {}, "_main": None, **d})
 
     # ------------------------------------------------------------------ Tune's hooks
     def on_trial_result(self, iteration, trials, trial, result, **info):
@@ -137,7 +142,8 @@ class Progress(tune.Callback):
             parts.append(f"{errored} failed")
         acc = "" if math.isnan(self._best) else f" | best last-epoch acc {self._best:.3f}"
         latest = f", latest {self._latest}" if self._latest else ""
-        return (", ".join(parts) + acc + latest + f" | elapsed {_fmt_s(time.time() - self.t_start)}, "
+        start = self.t_start if self.t_start is not None else time.time()
+        return (", ".join(parts) + acc + latest + f" | elapsed {_fmt_s(time.time() - start)}, "
                 f"ETA {_fmt_s(self.eta_s(trials))}")
 
     def _print(self, trials, note: str = "") -> None:
