@@ -63,6 +63,7 @@ class Seen(tune.Callback):
         self.results.append(result.get("acc"))
 
 
+@pytest.mark.timeout(900)   # two study runs
 def test_ablation_through_optuna_same_records_as_the_default_with_mlflow_and_a_python_callback(
         tmp_path, monkeypatch):
     """The default run also carries --callback mlflow (an sqlite tracking URI) and a Python callback."""
