@@ -24,15 +24,9 @@ def _fmt_s(s: float) -> str:
 
 
 def error_file(trial) -> str:
-    """Where Ray Tune wrote a failed trial's full traceback."""
-    for attr in ("error_file", "pickled_error_file"):
-        try:
-            path = getattr(trial, attr, None)
-        except Exception:
-            path = None
-        if path and str(path).endswith(".txt"):
-            return str(path)
-    base = getattr(trial, "local_path", None) or getattr(trial, "path", None) or ""
+    """Where a failed trial's full traceback is kept: ``error.txt`` in its trial folder in the
+    study's storage (Tune syncs it there from the driver's temporary copy)."""
+    base = getattr(trial, "path", None) or getattr(trial, "local_path", None) or ""
     return os.path.join(str(base), "error.txt")
 
 
@@ -100,8 +94,7 @@ class Progress(tune.Callback):
         for t in list(self._bars):
             self._close_bar(t)
         if self._main is not None:
-            self._main.n = self.counts(trials)[0]
-            self._main.refresh()
+            self._draw(trials)
             self._main.close()
             self._main = None
         if self._is_live():
