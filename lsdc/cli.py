@@ -1,4 +1,4 @@
-"""One clustering trial from the command line: ``python -m lsdc [--dataset digits] ...``.
+"""One clustering trial from the command line: python -m lsdc [--dataset digits] ...
 
 Pretrains (or reuses) the backbone, runs the clustering stage with a progress line per
 epoch, and prints the final metrics (optionally beside k-means on the backbone's features).
@@ -15,18 +15,25 @@ from .config import ConfigError, Env, make_config, parse_override
 from .models import CheckpointError
 from .registry import LABELERS, RegistryError, load_plugins
 
+DESCRIPTION = ("One clustering trial: pretrains (or reuses) the backbone, runs the clustering stage with a line "
+               "per epoch, and prints the final metrics.")
+
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m lsdc", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--dataset", default="digits", help="registered dataset or a path to an .npz file; "
-                   f"registered: {', '.join(data_mod.DATASETS)}")
-    p.add_argument("--epochs", type=int, help="clustering epochs (rescales lr steps and ramp-up)")
-    p.add_argument("--pretrain-epochs", type=int)
+    from . import __version__
+    p = argparse.ArgumentParser(prog="python -m lsdc", description=DESCRIPTION)
+    p.add_argument("--version", action="version", version=f"lsdc {__version__}", help="print lsdc's version and exit")
+    p.add_argument("--dataset", default="digits", help="registered dataset or a path to an .npz file (default: "
+                   f"digits); registered: {', '.join(data_mod.DATASETS)}")
+    p.add_argument("--epochs", type=int, help="clustering epochs (default: the preset's; rescales lr steps and "
+                   "ramp-up)")
+    p.add_argument("--pretrain-epochs", type=int, help="self-supervised pretraining epochs of the backbone "
+                   "(default: the preset's; a cached backbone is reused)")
     p.add_argument("--labeler", choices=LABELERS.names(), help="pairwise labeler (default: the dataset's preset)")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, help="clustering batch size (default: the preset's)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the clustering stage (default: 0)")
+    p.add_argument("--device", default="auto", help="auto (CUDA if available, else CPU), cpu, cuda or cuda:N "
+                   "(default: auto)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="NAME=VALUE",
                    help="any TrialConfig field, e.g. --set mixing=none --set lr_steps=[10]")
     p.add_argument("--data-root", help="where datasets live (default: $LSDC_DATA or ./data)")

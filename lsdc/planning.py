@@ -121,6 +121,12 @@ class StudyArgs:
     quiet: bool
     dashboard: bool = False
     plugins: tuple[str, ...] = ()
+    dry_run: bool = False
+    smoke_test: bool = False
+    callbacks: tuple[str, ...] = ()     # --callback names (mlflow, wandb, module:factory)
+    searcher: str = "grid"              # "grid" (Ray Tune's grid) | "optuna" (Optuna's GridSampler)
+    optuna_storage: str | None = None   # an Optuna storage URL or journal path (None: a journal in the storage)
+    sampler: str = "tpe"
 
 
 def check_args(a: Any) -> None:

@@ -17,6 +17,7 @@ from ray import tune
 from ..planning import Planned, Study, StudyArgs, dataset_tag
 from ..records import done_keys, quarantine, reuse_records
 from ..storage import Storage
+from .callbacks import make_callbacks
 from .cluster import check_resources, default_gpus_per_trial, init_ray, ray_env, remote
 from .progress import Progress
 from .tasks import backbone_ready, kmeans_task, pretrain_task
@@ -49,14 +50,18 @@ def plugin_env(args: StudyArgs) -> dict[str, str]:
     return {"LSDC_PLUGINS": ",".join(dict.fromkeys(names))} if names else {}
 
 
-def run_study(study: Study, planned: list[Planned], args: StudyArgs) -> int:
-    """Run a planned study on Ray; returns the process exit code."""
+def run_study(study: Study, planned: list[Planned], args: StudyArgs, callbacks: list | None = None,
+              t_start: float | None = None) -> int:
+    """Run a planned study on Ray; returns the process exit code. ``callbacks``: extra Ray Tune
+    callbacks for the study's Tuner; ``t_start``: when the command started (``time.time()``)."""
     with ray_env():
-        return _run_study(study, planned, args)
+        return _run_study(study, planned, args, list(callbacks or ()), t_start)
 
 
-def _run_study(study: Study, planned: list[Planned], args: StudyArgs) -> int:
+def _run_study(study: Study, planned: list[Planned], args: StudyArgs, callbacks: list | None = None,
+               t_wall: float | None = None) -> int:
     t_start = time.perf_counter()
+    t_wall = time.time() if t_wall is None else t_wall
     storage = Storage(args.storage)
     preflight(planned, args, storage)            # nothing is written before this passes
     exists = os.path.isdir(storage.root) or not storage.is_local
@@ -97,7 +102,8 @@ def _run_study(study: Study, planned: list[Planned], args: StudyArgs) -> int:
         trials = [p for p in pending if p.kind == "trial"]
         t0 = time.perf_counter()
         interrupted = _run_trials(study, planned, trials, len(planned) - len(trials), args, storage,
-                                  {"cpu": args.cpus_per_trial, "gpu": gpus}) if trials else False
+                                  {"cpu": args.cpus_per_trial, "gpu": gpus}, callbacks or [], t_wall) \
+            if trials else False
         timings["trials"] = time.perf_counter() - t0
     except KeyboardInterrupt:
         interrupted = True
@@ -190,7 +196,8 @@ def _run_kmeans(study: Study, jobs: list[Planned], args: StudyArgs, storage: Sto
 
 
 def _run_trials(study: Study, planned: list[Planned], trials: list[Planned], done_outside: int, args: StudyArgs,
-                storage: Storage, resources: dict[str, float]) -> bool:
+                storage: Storage, resources: dict[str, float], callbacks: list | None = None,
+                t_wall: float | None = None) -> bool:
     """Run (or resume) the trials under Ray Tune; True if the run was interrupted."""
     name = next_run_name(storage, study.name, experiment_name(study, planned))
     trainable = tune.with_resources(lsdc_trainable, resources)
@@ -200,15 +207,24 @@ def _run_trials(study: Study, planned: list[Planned], trials: list[Planned], don
               f"(Ray Tune's pickled state is never restored)", flush=True)
     elif args.resume:
         print(f"[{study.name}] --resume: no interrupted trial of this study in the storage; starting it")
-    space = {"spec": tune.grid_search([p.to_dict() for p in trials]), "env": args.env.to_dict(),
-             "storage": storage.uri, "checkpoint_every": args.checkpoint_every, "plugins": list(args.plugins)}
-    progress = Progress(study.name, len(planned), done_outside, quiet=args.quiet)
+    common = {"env": args.env.to_dict(), "storage": storage.uri, "checkpoint_every": args.checkpoint_every,
+              "plugins": list(args.plugins)}
+    progress = Progress(study.name, len(planned), done_outside, quiet=args.quiet, t_start=t_wall)
+    if args.searcher == "optuna":
+        space, searcher = None, _grid_searcher(study, planned, trials, common, args, storage)
+        print(f"[{study.name}] --searcher optuna: the grid through Optuna's GridSampler, study "
+              f"{searcher.study_name} in {searcher.storage_desc}", flush=True)
+    else:
+        space, searcher = {"spec": tune.grid_search([p.to_dict() for p in trials]), **common}, None
     tuner = tune.Tuner(
         trainable, param_space=space,
         tune_config=tune.TuneConfig(reuse_actors=True, trial_name_creator=_trial_name,
-                                    trial_dirname_creator=_trial_name),
+                                    trial_dirname_creator=_trial_name, search_alg=searcher,
+                                    num_samples=len(trials) if searcher else 1,
+                                    metric="acc" if searcher else None, mode="max" if searcher else None),
         run_config=tune.RunConfig(
-            storage_path=storage.uri_of(study.name, "tune"), name=name, verbose=0, callbacks=[progress],
+            storage_path=storage.uri_of(study.name, "tune"), name=name, verbose=0,
+            callbacks=[progress, *make_callbacks(args.callbacks, f"lsdc-{name}"), *(callbacks or [])],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             failure_config=tune.FailureConfig(max_failures=args.max_failures)))
     results = tuner.fit()
@@ -217,12 +233,43 @@ def _run_trials(study: Study, planned: list[Planned], trials: list[Planned], don
             sp = r.config["spec"] if r.config else {}
             first = str(r.error).strip().splitlines()
             print(f"[{study.name}] trial {sp.get('variant')}/s{sp.get('trial', {}).get('seed')} failed: "
-                  f"{first[-1] if first else r.error}", flush=True)
+                  f"{first[-1] if first else r.error}; full traceback: {os.path.join(r.path or '', 'error.txt')}",
+                  flush=True)
     finished = done_keys(storage, study.name, trials)
     _prune_checkpoints(results, finished, storage)
     unfinished = [p for p in trials if p.key not in finished]
     errored = sum(r.error is not None for r in results)
     return bool(unfinished) and errored < len(unfinished)
+
+
+def _grid_searcher(study: Study, planned: list[Planned], trials: list[Planned], common: dict, args: StudyArgs,
+                   storage: Storage):
+    """The study's grid (its pending trials) through Optuna's GridSampler: one Optuna trial per
+    planned trial, parameter ``trial`` (its key), the rest of its config as constants; the Optuna
+    study holds ACC, NMI, ARI, loss and the label-free score as user attributes."""
+    import functools
+    import optuna
+    from .search import UserAttrOptunaSearch, optuna_storage
+    specs = {p.key: p.to_dict() for p in trials}
+    keys = sorted(specs)
+    name = f"{experiment_name(study, planned)}-grid"
+    default = storage.path(study.name, "optuna", f"{name}.journal") if storage.is_local else None
+    if default is None and not args.optuna_storage:
+        from ..planning import StudyError
+        raise StudyError("--searcher optuna on a remote --storage needs --optuna-storage URL")
+    ostore = optuna_storage(args.optuna_storage, default)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    searcher = UserAttrOptunaSearch(space=functools.partial(_grid_space, keys=keys, specs=specs, common=common),
+                                    metric="acc", mode="max",
+                                    sampler=optuna.samplers.GridSampler({"trial": keys}, seed=0),
+                                    storage=ostore, study_name=name)
+    searcher.study_name, searcher.storage_desc = name, args.optuna_storage or default
+    return searcher
+
+
+def _grid_space(trial, keys: list[str], specs: dict, common: dict) -> dict:
+    key = trial.suggest_categorical("trial", keys)
+    return {"spec": specs[key], **common}
 
 
 def _prune_checkpoints(results, finished: set[str], storage: Storage) -> None:

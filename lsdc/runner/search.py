@@ -1,8 +1,11 @@
-"""The Optuna search under Ray Tune: a sampler (TPE, seeded) proposes configurations of the
-registered search space, ASHA stops poor trials on their per-epoch objective, and Optuna's
-state lives in a journal file in the storage (safe with concurrent workers, resumable).
+"""The Optuna search under Ray Tune: a sampler (TPE by default, seeded) proposes configurations
+of the registered search space, ASHA stops poor trials on their per-epoch objective, and Optuna's
+state lives in a journal file in the storage (safe with concurrent workers, resumable) or in the
+database that ``--optuna-storage`` names. ACC, NMI, ARI, loss and the label-free score of each
+trial are stored as the Optuna trial's user attributes. With several seeds, each Optuna trial
+runs them in lock-step and reports their mean (one record per seed).
 
-Resuming reads only the journal (JSON lines): a torn or corrupt line is cut off (the file is
+Resuming reads only Optuna's storage: a torn or corrupt journal line is cut off (the file is
 kept beside it), trials left RUNNING by a killed search are marked FAIL, and a new Tune run
 (``<name>-r<N>``) samples the remaining trials. Ray Tune's pickled state is never restored.
 Checkpoints of search trials are removed once their Tune run ends (a search trial is never
@@ -19,12 +22,14 @@ from typing import Any
 
 import ray
 from ray import tune
+from ray.tune.search.optuna import OptunaSearch
 
 from .. import data as data_mod
 from ..config import SEARCH_CORE, Env, TrialConfig, resolve_precision_name, settable_names
 from ..planning import Planned, StudyArgs, StudyError
 from ..registry import load_plugins
 from ..storage import Storage
+from .callbacks import make_callbacks
 from .cluster import check_resources, default_gpus_per_trial, init_ray, ray_env, remote
 from .progress import Progress
 from .tasks import pretrain_task
@@ -40,6 +45,64 @@ def searched_params(base: dict) -> list:
     for fam in FAMILY_FIELDS:
         params += [p for p in FAMILIES[fam].get(base[fam]).params if p.search is not None]
     return params
+
+
+def searched_names(base: TrialConfig) -> set[str]:
+    """The names of the parameters the search sets (a ``--set`` on one of them is refused)."""
+    return {p.name for p in searched_params(base.to_dict()) if p.search_space(base.to_dict()) is not None}
+
+
+USER_ATTRS = ("acc", "nmi", "ari", "loss", "label_free", "epoch")
+
+
+class UserAttrOptunaSearch(OptunaSearch):
+    """Ray's OptunaSearch that also stores each trial's last ACC, NMI, ARI, loss, label-free
+    score and epoch as user attributes of the Optuna trial (before it is told its value), so
+    ``study.trials_dataframe()`` and optuna-dashboard show them."""
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is not None and result and trial_id not in self._completed_trials:
+            for k in USER_ATTRS:
+                v = result.get(k)
+                if isinstance(v, (int, float)) and math.isfinite(v):
+                    ot_trial.set_user_attr(k, float(v))
+            if result.get("trial_key"):
+                ot_trial.set_user_attr("trial_key", str(result["trial_key"]))
+        super().on_trial_complete(trial_id, result, error)
+
+
+def optuna_storage(url: str | None, default_journal: str):
+    """An Optuna storage: ``sqlite:///...`` and other RDB URLs through RDBStorage, else a
+    journal file (``url`` as a path, or ``default_journal``)."""
+    from optuna.storages import JournalStorage, RDBStorage
+    from optuna.storages.journal import JournalFileBackend
+    if url and "://" in url:
+        try:
+            return RDBStorage(url)
+        except Exception as e:  # a bad URL, a missing driver, an unreachable server
+            raise StudyError(f"--optuna-storage {url}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+    path = os.path.abspath(url or default_journal)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    return JournalStorage(JournalFileBackend(path))
+
+
+def make_sampler(name: str, seed: int):
+    """Optuna's sampler by name; the search space is all floats and ints, which each fits."""
+    import optuna
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "cmaes":
+        try:
+            import cmaes  # noqa: F401
+        except ImportError:
+            raise StudyError("--sampler cmaes: needs the cmaes package; pip install cmaes") from None
+        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed)
+    raise StudyError(f"--sampler {name}: unknown; allowed: tpe, random, cmaes, gp")
 
 
 def search_space(trial, base: dict) -> None:
@@ -63,28 +126,94 @@ def search_trainable(config: dict[str, Any], fixed: dict[str, Any]) -> None:
     if unknown:
         raise ValueError(f"search: sampled parameter {unknown[0]!r} is not a config field or registered parameter")
     cfg = TrialConfig.from_dict({**fixed["base"], **config})
-    p = Planned("search", fixed["name"], "", "trial", cfg, fixed["fingerprint"], fixed["device_type"])
-    run_tune_trial(p, Env(**fixed["env"]), Storage(fixed["storage"]), fixed.get("checkpoint_every"),
-                   objective=fixed["objective"])
+    seeds = fixed.get("seeds") or [cfg.seed]
+    ps = [Planned("search", fixed["name"], "", "trial", cfg.replace(seed=s), fixed["fingerprint"], fixed["device_type"])
+          for s in seeds]
+    if len(ps) == 1:
+        run_tune_trial(ps[0], Env(**fixed["env"]), Storage(fixed["storage"]), fixed.get("checkpoint_every"),
+                       objective=fixed["objective"])
+    else:
+        run_seed_group(ps, Env(**fixed["env"]), Storage(fixed["storage"]), fixed.get("checkpoint_every"),
+                       objective=fixed["objective"])
+
+
+MEAN_KEYS = ("loss", "acc", "nmi", "ari", "label_free", "stability", "balance", "confident_frac", "confident_acc")
+
+
+def run_seed_group(ps: list[Planned], env: Env, storage: Storage, checkpoint_every: int | None,
+                   objective: str) -> None:
+    """The same configuration with several seeds, in lock-step in one Tune trial: every epoch
+    reports the mean over the seeds (what ASHA and Optuna see), with ``<metric>_s<seed>`` beside
+    it; checkpoints hold every seed's state; one record per seed when it ends."""
+    import tempfile
+    from ..records import record_path, trial_record
+    from ..trial import Trial
+    from .cluster import set_threads
+    from .tasks import ensure_backbone_in_storage
+    set_threads()
+    ensure_backbone_in_storage(ps[0].cfg, env, storage, ps[0].fingerprint, log=print)
+    trials = [Trial.from_config(p.cfg, env, log=print) for p in ps]
+    for p, t in zip(ps, trials):
+        if t.key != p.key:
+            raise RuntimeError(f"dataset {p.cfg.dataset!r} changed since planning; run the search again")
+    ck = tune.get_checkpoint()
+    if ck is not None:
+        with ck.as_directory() as d:
+            for p, t in zip(ps, trials):
+                t.load(os.path.join(d, f"trial-{p.key}.pt"))
+    every = checkpoint_every or max(1, ps[0].cfg.epochs // 10)
+    last: list[dict] = [t.history[-1] if t.history else {} for t in trials]
+    while not all(t.done for t in trials):
+        for i, t in enumerate(trials):
+            if not t.done:
+                last[i] = t.run_epoch()
+        done = all(t.done for t in trials)
+        for p, t in zip(ps, trials):
+            if t.done and not storage.exists(record_path(p.study, p.key)):
+                rec = trial_record(study=p.study, variant=p.variant, row=p.row, key=p.key, cfg=t.cfg, data=t.data,
+                                   history=t.history, status="diverged" if t.diverged else "finished",
+                                   confusion=None if t.diverged else t.confusions(), device=t.device, setup_s=0.0,
+                                   backbone={"file": os.path.basename(t.backbone_path or ""), **t.backbone_meta},
+                                   restarts=0)
+                storage.write_json(record_path(p.study, p.key), rec)
+        metrics: dict[str, Any] = {"epoch": max(t.epoch for t in trials), "seeds": len(ps),
+                                   "diverged": int(any(t.diverged for t in trials)), "trial_done": int(done),
+                                   "trial_key": ",".join(p.key for p in ps)}
+        for k in MEAN_KEYS:
+            vals = [m.get(k) for m in last if isinstance(m.get(k), (int, float))]
+            if vals:
+                metrics[k] = sum(vals) / len(vals)
+            for p, m in zip(ps, last):
+                if k in ("acc", "label_free") and isinstance(m.get(k), (int, float)):
+                    metrics[f"{k}_s{p.cfg.seed}"] = m[k]
+        metrics["objective"] = -1.0 if metrics["diverged"] else float(metrics.get(objective, float("nan")))
+        if done or metrics["epoch"] % every == 0:
+            with tempfile.TemporaryDirectory() as d:
+                for p, t in zip(ps, trials):
+                    t.save(os.path.join(d, f"trial-{p.key}.pt"))
+                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+        else:
+            tune.report(metrics)
 
 
 def run_search(base: TrialConfig, args: StudyArgs, n_trials: int, objective: str, max_concurrent: int,
-               sampler_seed: int, asha: bool = True) -> int:
-    """Run (or resume) the search; returns the process exit code."""
+               sampler_seed: int, asha: bool = True, seeds: list[int] | None = None,
+               callbacks: list | None = None) -> int:
+    """Run (or resume) the search; returns the process exit code. ``seeds``: with more than
+    one, each trial runs them in lock-step and reports their mean. ``callbacks``: extra Tune
+    callbacks."""
     with ray_env():
-        return _run_search(base, args, n_trials, objective, max_concurrent, sampler_seed, asha)
+        return _run_search(base, args, n_trials, objective, max_concurrent, sampler_seed, asha,
+                           seeds or [base.seed], callbacks or [])
 
 
 def _run_search(base: TrialConfig, args: StudyArgs, n_trials: int, objective: str, max_concurrent: int,
-                sampler_seed: int, asha: bool = True) -> int:
+                sampler_seed: int, asha: bool = True, seeds: list[int] = (0,), callbacks: list = ()) -> int:
     """Optuna TPE (seeded) under Ray Tune, ASHA on the per-epoch objective, Optuna state in a
     journal file in the storage (safe with concurrent workers, resumable)."""
     import optuna
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import ConcurrencyLimiter
-    from ray.tune.search.optuna import OptunaSearch
 
     load_plugins(args.plugins)
     storage = Storage(args.storage)
@@ -98,6 +227,10 @@ def _run_search(base: TrialConfig, args: StudyArgs, n_trials: int, objective: st
     bkey = {k: v for k, v in base.to_dict().items() if k not in searched}
     tag = hashlib.sha256(json.dumps(bkey, sort_keys=True).encode()).hexdigest()[:8]
     name = f"search-{ds}-{base.labeler}-{objective}-{tag}"
+    if len(seeds) > 1:
+        name += "-seeds" + "_".join(map(str, seeds))
+    sampler_tag = "" if args.sampler == "tpe" else f"-{args.sampler}"
+    name += sampler_tag
     t_start = time.perf_counter()
     interrupted = False
     from .orchestrate import local_session_dir, plugin_env, shutdown_ray
@@ -113,19 +246,23 @@ def _run_search(base: TrialConfig, args: StudyArgs, n_trials: int, objective: st
         storage.check_writable()
         os.makedirs(storage.path("search"), exist_ok=True)
         jpath = storage.path("search", f"{name}.journal")
-        repair_journal(jpath, log=print)
-        hooked = "journal-write" in os.environ.get("LSDC_FAULT", "").split(",")   # a test hook only
-        journal = JournalStorage((_journal_backend(JournalFileBackend) if hooked else JournalFileBackend)(jpath))
+        if args.optuna_storage:
+            journal = optuna_storage(args.optuna_storage, jpath)
+        else:
+            repair_journal(jpath, log=print)
+            hooked = "journal-write" in os.environ.get("LSDC_FAULT", "").split(",")   # a test hook only
+            journal = JournalStorage((_journal_backend(JournalFileBackend) if hooked else JournalFileBackend)(jpath))
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         study = optuna.create_study(study_name=name, storage=journal, direction="maximize", load_if_exists=True)
         fail_stale_trials(study, journal, log=print)
         storage.delete_dir("search/checkpoints")      # left by a killed run: never resumed
         done = sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
-        print(f"[search] {name}: objective {objective}, {done}/{n_trials} trials done, journal "
-              f"{storage.path('search', name + '.journal')}", flush=True)
+        where = args.optuna_storage or storage.path('search', name + '.journal')
+        print(f"[search] {name}: objective {objective}, {done}/{n_trials} trials done, sampler {args.sampler}, "
+              f"seeds {list(seeds)}, Optuna storage {where}", flush=True)
         fixed = {"base": base.to_dict(), "env": args.env.to_dict(), "storage": storage.uri, "name": name,
                  "objective": objective, "checkpoint_every": args.checkpoint_every, "fingerprint": fingerprint,
-                 "device_type": device_type, "plugins": list(args.plugins)}
+                 "device_type": device_type, "plugins": list(args.plugins), "seeds": list(seeds)}
         trainable = tune.with_resources(tune.with_parameters(search_trainable, fixed=fixed),
                                         {"cpu": args.cpus_per_trial, "gpu": gpus})
         if base.pretrain != "none":
@@ -139,10 +276,10 @@ def _run_search(base: TrialConfig, args: StudyArgs, n_trials: int, objective: st
             runs = sorted(int(d.rsplit("-r", 1)[1]) for d in storage.list_dirs("search/tune")
                           if d.startswith(name + "-r") and d.rsplit("-r", 1)[1].isdigit())
             run = f"{name}-r{(runs[-1] + 1) if runs else 1}"
-            searcher = OptunaSearch(space=functools.partial(search_space, base=fixed["base"]),
-                                    metric="objective", mode="max",
-                                    sampler=optuna.samplers.TPESampler(seed=sampler_seed + len(runs)),
-                                    storage=journal, study_name=name)
+            searcher = UserAttrOptunaSearch(space=functools.partial(search_space, base=fixed["base"]),
+                                            metric="objective", mode="max",
+                                            sampler=make_sampler(args.sampler, sampler_seed + len(runs)),
+                                            storage=journal, study_name=name)
             scheduler = ASHAScheduler(time_attr="training_iteration", max_t=base.epochs,
                                       grace_period=max(1, base.epochs // 4), reduction_factor=3) \
                 if asha else FIFOScheduler()
@@ -153,7 +290,8 @@ def _run_search(base: TrialConfig, args: StudyArgs, n_trials: int, objective: st
                     search_alg=ConcurrencyLimiter(searcher, max_concurrent=max_concurrent), reuse_actors=True),
                 run_config=tune.RunConfig(
                     storage_path=storage.uri_of("search", "tune"), name=run, verbose=0,
-                    callbacks=[Progress("search", n_trials, done, quiet=args.quiet, epochs=base.epochs)],
+                    callbacks=[Progress("search", n_trials, done, quiet=args.quiet, epochs=base.epochs),
+                               *make_callbacks(args.callbacks, name), *callbacks],
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                     failure_config=tune.FailureConfig(max_failures=args.max_failures)))
             results = tuner.fit()
