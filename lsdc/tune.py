@@ -47,7 +47,13 @@ class _NoRecords(Storage):
     def __init__(self):
         super().__init__(os.path.join(os.path.expanduser("~"), ".cache", "lsdc", "no-records"))
 
-    def write_json(self, rel: str, obj: Any) -> None:
+    def write_json(self, rel: str, obj: Any, fault_point: str | None = None) -> None:
+        return None
+
+    def write_bytes(self, rel: str, blob: bytes, fault_point: str | None = None) -> None:
+        return None
+
+    def delete_dir(self, rel: str) -> None:
         return None
 
     def exists(self, rel: str) -> bool:
@@ -82,4 +88,4 @@ def trainable(config: dict[str, Any], data_root: str | None = None, cache_dir: s
         p = planned_from_config(config, env, study)
     except ConfigError as e:
         raise ConfigError(f"lsdc.tune.trainable: {e}") from None
-    run_tune_trial(p, env, Storage(storage) if storage else _NoRecords(), checkpoint_every)
+    run_tune_trial(p, env, Storage(storage) if storage else _NoRecords(), checkpoint_every, tune_checkpoints=True)

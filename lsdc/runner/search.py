@@ -249,6 +249,8 @@ def _run_search(base: TrialConfig, args: StudyArgs, n_trials: int, objective: st
         if args.optuna_storage:
             journal = optuna_storage(args.optuna_storage, jpath)
         else:
+            from optuna.storages import JournalStorage
+            from optuna.storages.journal import JournalFileBackend
             repair_journal(jpath, log=print)
             hooked = "journal-write" in os.environ.get("LSDC_FAULT", "").split(",")   # a test hook only
             journal = JournalStorage((_journal_backend(JournalFileBackend) if hooked else JournalFileBackend)(jpath))

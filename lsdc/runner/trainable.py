@@ -48,8 +48,11 @@ def _metrics(m: dict, trial_key: str, diverged: bool, done: bool, objective: str
 
 
 def run_tune_trial(p: Planned, env: Env, storage: Storage, checkpoint_every: int | None,
-                   objective: str | None = None) -> None:
-    """Run (or resume) the planned trial ``p`` inside a Tune trial."""
+                   objective: str | None = None, tune_checkpoints: bool = False) -> None:
+    """Run (or resume) the planned trial ``p`` inside a Tune trial. With ``tune_checkpoints``
+    (``lsdc.tune.trainable`` in a user's own Tuner) it checkpoints through Tune
+    (``tune.report(..., checkpoint=...)``, resumed from ``tune.get_checkpoint()``, the
+    user's experiment); otherwise through lsdc's own checkpoints in the storage."""
     from ..trial import Trial
     set_threads()
     cfg = p.cfg
@@ -71,11 +74,19 @@ def run_tune_trial(p: Planned, env: Env, storage: Storage, checkpoint_every: int
         raise RuntimeError(f"dataset {cfg.dataset!r} changed since planning (trial key {trial.key}, planned "
                            f"{p.key}); run the study again")
     restarts = 0
-    got = load_checkpoint(storage, p, trial, log=print)
-    if got is False:      # a failed load may have left partial state
-        trial = Trial.from_config(cfg, env, log=print)
-    elif got is not None:
-        restarts = got
+    if tune_checkpoints:
+        ck = tune.get_checkpoint()
+        if ck is not None:
+            with ck.as_directory() as d:
+                trial.load(os.path.join(d, "trial.pt"))          # weights_only, and the trial's key checked
+                with open(os.path.join(d, "meta.json")) as f:
+                    restarts = int(json.load(f)["restarts"]) + 1
+    else:
+        got = load_checkpoint(storage, p, trial, log=print)
+        if got is False:      # a failed load may have left partial state
+            trial = Trial.from_config(cfg, env, log=print)
+        elif got is not None:
+            restarts = got
     setup_s = time.perf_counter() - t0
     every = checkpoint_every or max(1, cfg.epochs // 10)
 
@@ -94,9 +105,16 @@ def run_tune_trial(p: Planned, env: Env, storage: Storage, checkpoint_every: int
         if trial.done:
             write_record()  # before the last report: a crash after it loses nothing
             storage.delete_dir(checkpoint_dir(p))
-        elif trial.epoch % every == 0:
+        elif trial.epoch % every == 0 and not tune_checkpoints:
             save_checkpoint(storage, p, trial, restarts)
-        tune.report(metrics)
+        if tune_checkpoints and (trial.done or trial.epoch % every == 0):
+            with tempfile.TemporaryDirectory() as d:
+                trial.save(os.path.join(d, "trial.pt"))
+                with open(os.path.join(d, "meta.json"), "w") as f:
+                    json.dump({"restarts": restarts, "epoch": trial.epoch, "key": p.key}, f)
+                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+        else:
+            tune.report(metrics)
         if not trial.done and trial.epoch == 1:
             fault("mid-epoch")
     if trial.done and not storage.exists(rel):  # restored from the final checkpoint

@@ -166,8 +166,7 @@ def test_lost_node_trial_restarts_from_checkpoint_elsewhere(tmp_path):
     workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
     cluster.wait_for_nodes()
     storage = str(tmp_path / "res")
-    proc = start(storage, "--epochs", "12", "--seeds", "0", "--address", cluster.address, "--max-failures", "3",
-                 "--set", "labeler=knn")
+    proc = start(storage, "--epochs", "12", "--seeds", "0", "--address", cluster.address, "--max-failures", "3")
     try:
         wait_for(lambda: len(checkpointed_unfinished(storage)) >= 2, 240, "two trials running on the two nodes")
         cluster.remove_node(workers[0], allow_graceful=False)
