@@ -202,13 +202,16 @@ def done_keys(storage: Storage, study: str, planned: list, bad: dict[str, str] |
     return {p.key for p in planned if p.key in have or any(k in have for k in p.legacy_keys)}
 
 
-def quarantine(storage: Storage, study: str, log=print) -> list[str]:
+def quarantine(storage: Storage, study: str, log=print, bad: dict[str, str] | None = None) -> list[str]:
     """Move every record of ``study`` that fails verification to ``<study>/quarantine/``,
-    naming each and why; returns the new paths. Only the study runner calls this: readers skip."""
+    naming each and why; returns the new paths. ``bad`` (key -> reason, as filled by
+    :func:`done_keys` / :func:`verified_keys`) saves verifying the study's records again.
+    Only the study runner calls this: readers skip."""
     storage.sweep_tmp(f"{study}/records")        # left by a writer killed before its rename
     storage.sweep_tmp(f"{study}/checkpoints")
-    bad: dict[str, str] = {}
-    verified_keys(storage, study, bad)
+    if bad is None:
+        bad = {}
+        verified_keys(storage, study, bad)
     moved = []
     for key, why in sorted(bad.items()):
         try:
@@ -222,12 +225,14 @@ def quarantine(storage: Storage, study: str, log=print) -> list[str]:
     return moved
 
 
-def reuse_records(storage: Storage, study: str, planned: list) -> int:
+def reuse_records(storage: Storage, study: str, planned: list, done: set[str] | None = None) -> int:
     """Copy into ``study`` the records that other studies already hold for the same trial
     (same key = same effective config, seed and data, e.g. Table 3's #3 and Table 5's 256
     column; lsdc 0.1 records under their own key); returns how many were reused. Each is
-    verified as a record of its own study first."""
-    done = done_keys(storage, study, planned)
+    verified as a record of its own study first. ``done``: :func:`done_keys` of ``study``,
+    if the caller has it already."""
+    if done is None:
+        done = done_keys(storage, study, planned)
     wanted = {p.key: p for p in planned if p.key not in done}
     if not wanted:
         return 0

@@ -81,12 +81,12 @@ def _run_study(study: Study, planned: list[Planned], args: StudyArgs, callbacks:
         check_resources(gpus, args.cpus_per_trial)   # fails in seconds instead of waiting forever
         check_cluster_device(planned[0].cfg.device)
         storage.check_writable()
-        quarantine(storage, study.name)
+        quarantine(storage, study.name, bad=bad)        # the records found bad above: not verified again
         storage.write_json(f"{study.name}/plans/{dataset_tag(planned[0].cfg.dataset)}.json", {
             "study": study.name, "title": study.title, "dataset": planned[0].cfg.dataset,
             "trials": [{"key": p.key, "variant": p.variant, "row": p.row, "kind": p.kind, "seed": p.cfg.seed,
                         "fingerprint": p.fingerprint} for p in planned]})
-        reused = reuse_records(storage, study.name, planned)
+        reused = reuse_records(storage, study.name, planned, done)
         done = done_keys(storage, study.name, planned)
         pending = [p for p in planned if p.key not in done]
         print(f"[{study.name}] {len(planned)} planned on {planned[0].cfg.dataset}: {len(planned) - len(pending)} "
