@@ -190,6 +190,14 @@ def parse_seeds(text: str | list[str] | None) -> list[int] | None:
     return seeds
 
 
+def resolve(cfg: TrialConfig, env: Env, device_type: str) -> tuple[TrialConfig, str]:
+    """``cfg`` with ``precision`` resolved for ``device_type``, and the fingerprint of the data
+    it trains on (:func:`lsdc.data.fingerprint`, computed once per process and file version):
+    what every planned trial's key needs."""
+    cfg = replace(cfg, precision=resolve_precision_name(cfg.precision, device_type))
+    return cfg, data_mod.fingerprint(cfg.dataset, env.data_root, cfg.split, env.download)
+
+
 def plan(study: Study, dataset: str, seeds: list[int] | None = None, overrides: dict[str, Any] | None = None,
          notes: list[str] | None = None, env: Env | None = None, device_type: str = "cpu") -> list[Planned]:
     """Every trial of ``study`` on ``dataset``, validated (ConfigError on the first bad one),
@@ -200,7 +208,6 @@ def plan(study: Study, dataset: str, seeds: list[int] | None = None, overrides: 
         dataset = os.path.abspath(os.path.expanduser(dataset))
     known = preset(dataset)
     out: list[Planned] = []
-    fingerprints: dict[str, str] = {}
     for v in study.variants:
         if any(known.get(f) is None and f not in overrides and f not in v.overrides for f in v.requires):
             if notes is not None:
@@ -208,10 +215,8 @@ def plan(study: Study, dataset: str, seeds: list[int] | None = None, overrides: 
             continue
         for seed in (seeds if seeds is not None else range(v.seeds or study.default_seeds)):
             cfg = make_config(dataset, **{**study.base, **overrides, **v.overrides, "seed": seed})
-            cfg = replace(cfg, precision=resolve_precision_name(cfg.precision, device_type))
-            if cfg.split not in fingerprints:
-                fingerprints[cfg.split] = data_mod.fingerprint(dataset, env.data_root, cfg.split, env.download)
-            out.append(Planned(study.name, v.label, v.row, v.kind, cfg, fingerprints[cfg.split], device_type))
+            cfg, fingerprint = resolve(cfg, env, device_type)
+            out.append(Planned(study.name, v.label, v.row, v.kind, cfg, fingerprint, device_type))
     if not out:
         raise StudyError(f"study {study.name}: nothing to run on {dataset}")
     return out

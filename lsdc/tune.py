@@ -32,8 +32,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from .config import ConfigError, Env, make_config, resolve_precision_name
-from .planning import Planned
+from .config import ConfigError, Env, make_config
+from .planning import Planned, resolve
 from .storage import Storage
 
 __all__ = ["trainable", "planned_from_config"]
@@ -63,15 +63,13 @@ class _NoRecords(Storage):
 def planned_from_config(config: dict[str, Any], env: Env, study: str = "tune", device_type: str | None = None) -> Planned:
     """A :class:`~lsdc.planning.Planned` trial from a flat config: the dataset's preset, then
     the config; ``precision`` resolved for where it runs, the data fingerprinted."""
-    from . import data as data_mod
     config = dict(config)
     dataset = config.pop("dataset", DEFAULT_DATASET)
     cfg = make_config(dataset, **config)
     if device_type is None:
         from .runtime import resolve_device
         device_type = resolve_device(cfg.device).type
-    cfg = cfg.replace(precision=resolve_precision_name(cfg.precision, device_type))
-    fp = data_mod.fingerprint(dataset, env.data_root, cfg.split, env.download)
+    cfg, fp = resolve(cfg, env, device_type)
     variant = ",".join(f"{k}={config[k]}" for k in sorted(config) if k != "seed") or "preset"
     return Planned(study, variant, "", "trial", cfg, fp, device_type)
 

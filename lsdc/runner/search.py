@@ -25,8 +25,8 @@ from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 
 from .. import data as data_mod
-from ..config import SEARCH_CORE, Env, TrialConfig, resolve_precision_name, settable_names
-from ..planning import Planned, StudyArgs, StudyError
+from ..config import SEARCH_CORE, Env, TrialConfig, settable_names
+from ..planning import Planned, StudyArgs, StudyError, resolve
 from ..registry import load_plugins
 from ..storage import Storage
 from .callbacks import make_callbacks
@@ -241,8 +241,7 @@ def _run_search(base: TrialConfig, args: StudyArgs, n_trials: int, objective: st
         gpus = default_gpus_per_trial() if args.gpus_per_trial is None else args.gpus_per_trial
         check_resources(gpus, args.cpus_per_trial)   # before anything is written
         device_type = "cuda" if gpus > 0 else "cpu"
-        base = base.replace(precision=resolve_precision_name(base.precision, device_type))
-        fingerprint = data_mod.fingerprint(base.dataset, args.env.data_root, base.split, args.env.download)
+        base, fingerprint = resolve(base, args.env, device_type)
         storage.check_writable()
         os.makedirs(storage.path("search"), exist_ok=True)
         jpath = storage.path("search", f"{name}.journal")
