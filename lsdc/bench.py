@@ -265,9 +265,9 @@ def run(args) -> dict:
                                  gpus_per_trial=(1.0 / n) if device.type == "cuda" else 0.0,
                                  cpus_per_trial=args.cpus_per_trial)
             add(v, r)
-    if "ray" in sys.modules:
-        from .runner.cluster import shutdown
-        shutdown()
+    if "lsdc.runner.bench" in sys.modules:
+        from .runner.bench import close
+        close()
     ref = next((r["images_per_s"] for r in results if r["variant"] == "reference"), None)
     for r in results:
         if ref and r["variant"] != "eval" and r["unit"] == "images":

@@ -1,4 +1,6 @@
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -28,9 +30,93 @@ SHARED_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "dat
 
 
 def pytest_collection_modifyitems(config, items):
-    """tests/unit: fast tests of the maths, configs, keys and tables (no Ray): ``-m unit``.
-    tests/runner: short real runs on local Ray clusters: ``-m ray``."""
+    """tests/unit: the maths, configs, keys and tables, fast (``-m unit``, under a minute), and,
+    marked ``pipeline`` there, short real runs in-process (a trial, a command, the real data
+    copies, a browser), no Ray (``-m pipeline``). tests/runner: short real runs on Ray clusters
+    (``-m ray``). ``python3 -m pytest -q`` runs all three."""
     import pytest
     for item in items:
         parts = str(item.fspath).split(os.sep)
-        item.add_marker(pytest.mark.unit if "unit" in parts else pytest.mark.ray)
+        if "unit" in parts:
+            if item.get_closest_marker("pipeline") is None:
+                item.add_marker(pytest.mark.unit)
+        else:
+            item.add_marker(pytest.mark.ray)
+    _shared_cluster_tests_first(items)
+
+
+# ------------------------------------------------------------------ the Ray tests' shared cluster
+# One Ray cluster for the session's Ray tests.
+# 
+# Starting a local Ray costs seconds (several on 2 cores), and so does a fresh job's first
+# worker. Most tests here run a study in-process or as a child process; they join one shared
+# cluster instead of starting their own:
+# 
+# - ``joined``: this process is connected to the shared cluster (``ray.init(address=...)``, once,
+#   kept between tests). lsdc's runner then uses that connection and leaves it open (as for any
+#   caller that initialized Ray itself), so its workers, with torch imported, serve the next test.
+# - ``shared_address``: the address, for child processes (``--address``).
+# 
+# Tests that check what lsdc does with a Ray it starts itself (no process left behind, the
+# session folder removed, Ctrl-C, plugins reaching the workers through the runtime environment,
+# faults injected through the environment of the workers, a soak that counts processes, clusters
+# of their own) ask for neither, and the autouse fixture below disconnects this process first,
+# so that their run starts its own Ray as a user's would. They run after the tests that join:
+# once this process has started and stopped a local Ray, Ray (2.60) no longer creates actors
+# for it on another cluster ("cancelled before it started running").
+
+
+RUNNER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "runner")
+SHARED = ("joined", "shared_address", "join")
+
+
+def _shared_cluster_tests_first(items):
+    """Within tests/runner, the tests on the shared cluster first (a stable sort: file order kept)."""
+    slots = [i for i, it in enumerate(items) if str(it.fspath).startswith(RUNNER + os.sep)]
+    mine = [items[i] for i in slots]
+    mine.sort(key=lambda it: 0 if set(getattr(it, "fixturenames", ())) & set(SHARED) else 1)
+    for i, it in zip(slots, mine):
+        items[i] = it
+
+
+@pytest.fixture(scope="session")
+def shared_address():
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
+    proc = subprocess.Popen([sys.executable, os.path.join(RUNNER, "shared_cluster.py"), "2"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, env=env)
+    address = proc.stdout.readline().strip()
+    assert address, "the shared Ray cluster did not start"
+    yield address
+    import ray
+    if ray.is_initialized():
+        ray.shutdown()
+    proc.stdin.close()
+    try:
+        proc.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture(scope="session")
+def join(shared_address):
+    """A function that connects this process to the shared cluster (for module fixtures)."""
+    def connect():
+        import ray
+        if not ray.is_initialized():
+            ray.init(address=shared_address, logging_level="error", log_to_driver=False)
+        return shared_address
+    return connect
+
+
+@pytest.fixture
+def joined(join):
+    yield join()
+
+
+@pytest.fixture(autouse=True)
+def _own_ray_unless_joined(request):
+    if "joined" not in request.fixturenames and "ray" in __import__("sys").modules:
+        import ray
+        if ray.is_initialized():
+            ray.shutdown()
+    yield

@@ -7,7 +7,7 @@ import time
 import ray
 
 from ..config import Env, TrialConfig
-from .cluster import check_resources, init_ray, ray_env, set_threads
+from .cluster import RayHandle, check_resources, ray_env, set_threads
 
 
 class _BenchTrial:
@@ -43,11 +43,24 @@ class _BenchTrial:
         return steps * self.trial.cfg.batch_size, time.perf_counter() - t0
 
 
+_HANDLE: RayHandle | None = None
+
+
+def close() -> None:
+    """Shut down the Ray the ray-N variants started (nothing if it was the caller's)."""
+    global _HANDLE
+    if _HANDLE is not None:
+        _HANDLE.close()
+        _HANDLE = None
+
+
 def bench_concurrent(n: int, cfg_dict: dict, env_dict: dict, warmup: int, steps: int, gpus_per_trial: float,
                      cpus_per_trial: float) -> dict:
     """N trials stepping at the same time (fractional GPUs): aggregate images over the wall time."""
-    with ray_env():
-        init_ray(None)
+    global _HANDLE
+    if _HANDLE is None:                  # one Ray for all ray-N variants of a run; the caller's if it has one
+        with ray_env():
+            _HANDLE = RayHandle(None)
     check_resources(gpus_per_trial, cpus_per_trial)
     actor = ray.remote(num_cpus=cpus_per_trial, num_gpus=gpus_per_trial)(_BenchTrial)
     actors = [actor.remote(cfg_dict, env_dict, warmup) for _ in range(n)]

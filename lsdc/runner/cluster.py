@@ -64,6 +64,48 @@ def init_ray(address: str | None, num_cpus: int | None = None, dashboard: bool =
     return time.perf_counter() - t0
 
 
+class RayHandle:
+    """Ray for one lsdc run. If the calling process had already initialized Ray (a notebook,
+    a user's script, a test session), lsdc uses that connection as it is and leaves it open;
+    otherwise it starts a private local cluster (or joins ``address``) and :meth:`close` shuts
+    it down and removes the session folder of a local cluster it started."""
+
+    def __init__(self, address: str | None, dashboard: bool = False, env_vars: dict[str, str] | None = None,
+                 num_cpus: int | None = None):
+        self.owned = not ray.is_initialized()
+        self.seconds = 0.0
+        self.session_dir: str | None = None
+        if not self.owned:
+            if env_vars:
+                print(f"note: Ray was initialized by the calling process, and lsdc uses it as it is: its "
+                      f"runtime_env must set {', '.join(f'{k}={v}' for k, v in env_vars.items())} for the "
+                      f"workers to load the plugins", flush=True)
+            return
+        self.seconds = init_ray(address, num_cpus, dashboard, env_vars)
+        if not address:
+            try:
+                self.session_dir = ray._private.worker._global_node.get_session_dir_path()
+            except Exception:
+                self.session_dir = None
+
+    def close(self) -> None:
+        """Shut down what this handle started (nothing if Ray was the caller's)."""
+        import shutil
+        if not self.owned:
+            return
+        if ray.is_initialized():
+            ray.shutdown()
+        session = self.session_dir
+        if session and os.path.basename(session).startswith("session_") and os.path.isdir(session):
+            shutil.rmtree(session, ignore_errors=True)
+            latest = os.path.join(os.path.dirname(session), "session_latest")
+            if os.path.islink(latest) and os.path.realpath(latest) == os.path.realpath(session):
+                try:
+                    os.remove(latest)
+                except OSError:
+                    pass
+
+
 def shutdown() -> None:
     if ray.is_initialized():
         ray.shutdown()

@@ -18,7 +18,7 @@ from ..planning import Planned, Study, StudyArgs, dataset_tag
 from ..records import done_keys, quarantine, reuse_records
 from ..storage import Storage
 from .callbacks import make_callbacks
-from .cluster import check_resources, default_gpus_per_trial, init_ray, ray_env, remote
+from .cluster import RayHandle, check_resources, default_gpus_per_trial, ray_env, remote
 from .progress import Progress
 from .tasks import backbone_ready, kmeans_task, pretrain_task
 from .trainable import lsdc_trainable
@@ -73,10 +73,10 @@ def _run_study(study: Study, planned: list[Planned], args: StudyArgs, callbacks:
         return 0
     timings: dict[str, float] = {}
     interrupted = False
-    session = None
+    handle = None
     try:
-        timings["ray_init"] = init_ray(args.address, dashboard=args.dashboard, env_vars=plugin_env(args))
-        session = local_session_dir(args.address)
+        handle = RayHandle(args.address, dashboard=args.dashboard, env_vars=plugin_env(args))
+        timings["ray_init"] = handle.seconds
         gpus = default_gpus_per_trial() if args.gpus_per_trial is None else args.gpus_per_trial
         check_resources(gpus, args.cpus_per_trial)   # fails in seconds instead of waiting forever
         check_cluster_device(planned[0].cfg.device)
@@ -109,7 +109,8 @@ def _run_study(study: Study, planned: list[Planned], args: StudyArgs, callbacks:
         interrupted = True
         print(f"[{study.name}] interrupted (Ctrl-C): stopping", flush=True)
     finally:
-        shutdown_ray(session)
+        if handle is not None:
+            handle.close()
     done = done_keys(storage, study.name, planned)
     missing = [p for p in planned if p.key not in done]
     total = time.perf_counter() - t_start
@@ -123,32 +124,6 @@ def _run_study(study: Study, planned: list[Planned], args: StudyArgs, callbacks:
         return 130 if interrupted else 1
     print(f"[{study.name}] done. Tables: python analysis/make_tables.py --storage {args.storage}")
     return 0
-
-
-def local_session_dir(address: str | None) -> str | None:
-    """The session folder of the local Ray cluster this process started (None when joining
-    a cluster given by --address)."""
-    if address:
-        return None
-    try:
-        return ray._private.worker._global_node.get_session_dir_path()
-    except Exception:
-        return None
-
-
-def shutdown_ray(session: str | None) -> None:
-    """Shut Ray down and remove the session folder of a local cluster lsdc started."""
-    import shutil
-    if ray.is_initialized():
-        ray.shutdown()
-    if session and os.path.basename(session).startswith("session_") and os.path.isdir(session):
-        shutil.rmtree(session, ignore_errors=True)
-        latest = os.path.join(os.path.dirname(session), "session_latest")
-        if os.path.islink(latest) and os.path.realpath(latest) == os.path.realpath(session):
-            try:
-                os.remove(latest)
-            except OSError:
-                pass
 
 
 def check_cluster_device(device: str) -> None:

@@ -30,7 +30,7 @@ from ..planning import Planned, StudyArgs, StudyError, resolve
 from ..registry import load_plugins
 from ..storage import Storage
 from .callbacks import make_callbacks
-from .cluster import check_resources, default_gpus_per_trial, init_ray, ray_env, remote
+from .cluster import RayHandle, check_resources, default_gpus_per_trial, ray_env, remote
 from .progress import Progress
 from .tasks import pretrain_task
 from .trainable import run_tune_trial
@@ -233,11 +233,10 @@ def _run_search(base: TrialConfig, args: StudyArgs, n_trials: int, objective: st
     name += sampler_tag
     t_start = time.perf_counter()
     interrupted = False
-    from .orchestrate import local_session_dir, plugin_env, shutdown_ray
-    session = None
+    from .orchestrate import plugin_env
+    handle = None
     try:
-        init_ray(args.address, dashboard=args.dashboard, env_vars=plugin_env(args))
-        session = local_session_dir(args.address)
+        handle = RayHandle(args.address, dashboard=args.dashboard, env_vars=plugin_env(args))
         gpus = default_gpus_per_trial() if args.gpus_per_trial is None else args.gpus_per_trial
         check_resources(gpus, args.cpus_per_trial)   # before anything is written
         device_type = "cuda" if gpus > 0 else "cpu"
@@ -306,7 +305,8 @@ def _run_search(base: TrialConfig, args: StudyArgs, n_trials: int, objective: st
     except KeyboardInterrupt:
         interrupted = True
     finally:
-        shutdown_ray(session)
+        if handle is not None:
+            handle.close()
     summary = _summarise_search(storage, name, objective, base, journal)
     print(f"[search] wall {time.perf_counter() - t_start:.1f} s; best of {summary['n_trials']} trials "
           f"({summary['n_pruned']} stopped early by ASHA): objective {summary['best']['objective']:.4f}, "

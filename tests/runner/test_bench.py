@@ -4,7 +4,8 @@ import json
 from lsdc.bench import main
 
 
-def test_bench_cpu_mode_writes_every_variant(tmp_path, capsys):
+def test_bench_cpu_mode_writes_every_variant(joined, tmp_path, capsys):
+    import ray
     out = tmp_path / "bench.json"
     assert main(["--device", "cpu", "--small", "--n", "300", "--steps", "2", "--warmup", "1", "--workers", "1",
                  "--variants", "reference,eager,fused,rotnet,eval,ray-1", "--json", str(out)]) == 0
@@ -18,6 +19,7 @@ def test_bench_cpu_mode_writes_every_variant(tmp_path, capsys):
     assert res["settings"]["batch_size"] == 64 and res["hardware"]["cpu_count"]
     text = capsys.readouterr().out
     assert "vs reference" in text and "| eager" in text
+    assert ray.is_initialized()          # the caller's Ray (here the shared cluster) is left connected
 
 
 def test_bench_rejects_unknown_variant(capsys):

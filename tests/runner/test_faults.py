@@ -99,9 +99,9 @@ def kill_group(proc):
         pass
 
 
-def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path):
+def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path, shared_address):
     storage = str(tmp_path / "res")
-    args = ("--epochs", "10", "--seeds", "0,1")
+    args = ("--epochs", "10", "--seeds", "0,1", "--address", shared_address)
     proc = start(storage, *args)
     try:
         wait_for(lambda: len(records_of(storage)) >= 1 and checkpointed_unfinished(storage, 3), 240,
@@ -160,26 +160,63 @@ def test_normal_exit_leaves_no_ray_processes_nor_session_folder(tmp_path):
     assert set(glob.glob("/tmp/ray/session_2*")) - sessions == set()     # lsdc's local cluster: removed
 
 
-def test_lost_node_trial_restarts_from_checkpoint_elsewhere(tmp_path):
+def test_lost_node_trial_restarts_from_checkpoint_elsewhere(tmp_path, capsys):
+    """A worker node lost mid-trial; before that, the device checks of a cluster given by
+    --address: they ask the cluster, not the driver's machine (here without GPU either way)."""
+    import ray
     from ray.cluster_utils import Cluster
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+
+    from lsdc.planning import StudyError
+    from lsdc.runner.cluster import check_resources
+    from lsdc.runner.orchestrate import check_cluster_device
+    from lsdc.study import parse_args
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
     workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
     cluster.wait_for_nodes()
     storage = str(tmp_path / "res")
-    proc = start(storage, "--epochs", "12", "--seeds", "0", "--address", cluster.address, "--max-failures", "3")
     try:
-        wait_for(lambda: len(checkpointed_unfinished(storage)) >= 2, 240, "two trials running on the two nodes")
-        cluster.remove_node(workers[0], allow_graceful=False)
-        out, _ = proc.communicate(timeout=400)
-        assert proc.returncode == 0, out[-4000:]
+        # --address: a CUDA device or GPU fractions asked of a cluster without GPUs: one line, exit 2,
+        # nothing written (the driver's own machine is not what is checked: see the GPU node below)
+        for extra, message in ((["--set", "device=cuda"], "--set device=cuda: the Ray cluster has no GPU"),
+                               (["--gpus-per-trial", "0.5"], "--gpus-per-trial 0.5: the Ray cluster has no GPU")):
+            code = main(STUDY_DEV,
+                        TINY + ["--epochs", "1", "--seeds", "0", "--storage", storage, "--address", cluster.address,
+                                *extra])
+            err = capsys.readouterr().err.strip()
+            assert code == 2 and len(err.splitlines()) == 1 and message in err, err
+            assert not os.path.exists(storage) and not ray.is_initialized()
+        proc = start(storage, "--epochs", "12", "--seeds", "0", "--address", cluster.address, "--max-failures", "3")
+        try:
+            wait_for(lambda: len(checkpointed_unfinished(storage)) >= 2, 240, "two trials running on the two nodes")
+            cluster.remove_node(workers[0], allow_graceful=False)
+            out, _ = proc.communicate(timeout=400)
+            assert proc.returncode == 0, out[-4000:]
+        finally:
+            kill_group(proc)
+        # a node that declares a GPU: the same checks pass from this GPU-less driver with --address,
+        # while without --address the driver's machine is checked (and has no CUDA device here)
+        cluster.add_node(num_cpus=1, num_gpus=1)
+        cluster.wait_for_nodes()
+        parse_args(STUDY_DEV, TINY + ["--set", "device=cuda", "--address", cluster.address])   # accepted
+        if not torch.cuda.is_available():
+            with pytest.raises(StudyError, match="this machine has no CUDA device"):
+                parse_args(STUDY_DEV, TINY + ["--set", "device=cuda"])
+        ray.init(address=cluster.address, logging_level="error", log_to_driver=False)
+        try:
+            check_cluster_device("cuda")
+            check_resources(0.5, 1)
+        finally:
+            ray.shutdown()
     finally:
-        kill_group(proc)
         cluster.shutdown()
     recs = records_of(storage)
     assert len(recs) == 3 and len({r["key"] for r in recs.values()}) == 3
     resumed = [r for r in recs.values() if r["restarts"] >= 1]
     assert resumed, "the lost trial did not resume from a checkpoint"
     assert all(r["ray_node_id"] == workers[1].node_id for r in resumed)   # ... on the surviving node
+
+
+STUDY_DEV = Study(name="dev", title="t", variants=(Variant("a"),))
 
 
 @pytest.mark.parametrize("argv,message", [
@@ -206,7 +243,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, argv,
     assert not store.exists()
 
 
-def test_gpus_on_a_cpu_cluster_fail_in_seconds(tmp_path, capsys):
+def test_gpus_on_a_cpu_cluster_fail_in_seconds(joined, tmp_path, capsys):
     store = tmp_path / "store"
     t0 = time.time()
     code = main(Study(name="bad", title="t", variants=(Variant("a"),)),
@@ -303,7 +340,7 @@ def plant_pickles(root, marker):
 
 
 @pytest.mark.timeout(1200)   # several study runs, each a fresh Ray
-def test_planted_pickles_never_execute_and_bad_records_are_quarantined(tmp_path):
+def test_planted_pickles_never_execute_and_bad_records_are_quarantined(tmp_path, shared_address):
     """Finding 1 (code execution from the storage) and 2 (records trusted by file name), on one
     storage: a first run with pickles planted everywhere a restore would look, then a re-run
     after a record was truncated and another copied over a third's file."""
@@ -315,7 +352,7 @@ def test_planted_pickles_never_execute_and_bad_records_are_quarantined(tmp_path)
     sys.path.insert(0, HERE)
     from fault_study import ARGS, STUDY
     storage, marker = str(tmp_path / "res"), tmp_path / "pwned"
-    argv = ("--epochs", "2", "--seeds", "0")
+    argv = ("--epochs", "2", "--seeds", "0", "--address", shared_address)
     args = parse_args(STUDY, ARGS + ["--storage", storage, *argv])
     planned = plan(STUDY, args.dataset, args.seeds, args.overrides, [], args.env, planned_device_type(args))
     name = experiment_name(STUDY, planned)
@@ -388,7 +425,44 @@ def test_killed_at_named_points_full_disk_then_rerun_completes(tmp_path):
 
 
 @pytest.mark.timeout(1200)   # several study runs, each a fresh Ray
-def test_killed_search_resumes_and_never_restores_a_pickle(tmp_path):
+def test_killed_at_random_moments_then_the_same_command_completes(tmp_path):
+    """Finding 4, at moments nobody chose: the study's whole process group (driver, its local
+    Ray, the trials) is killed with SIGKILL, as by a lost machine, three times at seeded random
+    moments (start-up, pretraining, training, checkpoint or record writes: wherever they fall);
+    then the same command completes with every trial once, verified, with a consistent history
+    and no temporary file left. LSDC_TEST_SEED draws other moments."""
+    import random
+    seed = int(os.environ.get("LSDC_TEST_SEED", "20261127"))
+    rng = random.Random(seed)
+    storage = str(tmp_path / "res")
+    args = ("--epochs", "4", "--seeds", "0")
+    moments = []
+    for _ in range(3):
+        delay = rng.uniform(3.0, 25.0)
+        proc = start(storage, *args)
+        try:
+            proc.communicate(timeout=delay)               # it may finish first: then nothing is killed
+            moments.append(f"{delay:.1f} s (finished first)")
+        except subprocess.TimeoutExpired:
+            moments.append(f"{delay:.1f} s")
+        finally:
+            kill_group(proc)
+            proc.wait(timeout=30)
+    run = subprocess.run([sys.executable, FAULT_STUDY, "--storage", storage, *args], capture_output=True,
+                         text=True, timeout=600)
+    what = f"LSDC_TEST_SEED={seed}, killed at {moments}"
+    assert run.returncode == 0, what + "\n" + (run.stdout + run.stderr)[-4000:]
+    recs, bad = read_records(Storage(storage), ["faults"])
+    assert not bad and len(recs) == 3 and len({r["key"] for r in recs}) == 3, what
+    for r in recs:
+        assert [h["epoch"] for h in r["history"]] == list(range(1, r["epochs_done"] + 1)), what
+        assert r["status"] in ("finished", "diverged"), what
+    leftovers = [f for d, _, fs in os.walk(storage) for f in fs if f.startswith(".tmp-")]
+    assert leftovers == [], what
+
+
+@pytest.mark.timeout(1200)   # several study runs, each a fresh Ray
+def test_killed_search_resumes_and_never_restores_a_pickle(tmp_path, shared_address):
     """Finding 4 (a killed search: UpdateFinishedTrialError, stale RUNNING trials) and 1 (a
     planted tuner.pkl in the search's predictable run folders), and 6 (checkpoints pruned)."""
     import glob
@@ -399,7 +473,7 @@ def test_killed_search_resumes_and_never_restores_a_pickle(tmp_path):
     search = os.path.join(os.path.dirname(os.path.dirname(HERE)), "studies", "search.py")
     argv = [sys.executable, search, "--storage", storage, "--dataset", "digits", "--set", "width=0.125",
             "--set", "batch_size=64", "--set", "pretrain=none", "--epochs", "2", "--trials", "2",
-            "--max-concurrent", "1", "--no-asha", "--quiet"]
+            "--max-concurrent", "1", "--no-asha", "--quiet", "--address", shared_address]
     run = subprocess.run(argv, capture_output=True, text=True, timeout=600,
                          env=dict(os.environ, LSDC_FAULT="journal-write"))
     assert run.returncode == 137, (run.stdout + run.stderr)[-3000:]  # killed in the middle of a journal line

@@ -18,13 +18,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 @pytest.fixture(scope="module")
-def ran(tmp_path_factory):
+def ran(tmp_path_factory, join):
+    join()                                        # the session's shared cluster (conftest.py)
     storage = str(tmp_path_factory.mktemp("store"))
     code = main(STUDY, TINY + ["--seeds", "0,1", "--storage", storage])
     return storage, code
 
 
-def test_local_ray_run_leaves_one_readable_record_per_trial(ran):
+def test_local_ray_run_leaves_one_readable_record_per_trial(joined, ran):
     storage, code = ran
     assert code == 0
     records, bad = read_records(Storage(storage), ["tiny"])
@@ -42,7 +43,7 @@ def test_local_ray_run_leaves_one_readable_record_per_trial(ran):
     assert len(os.listdir(os.path.join(storage, "backbones"))) == 1
 
 
-def test_rerun_skips_finished_trials(ran, capsys):
+def test_rerun_skips_finished_trials(joined, ran, capsys):
     storage, _ = ran
     before = {r["key"]: r["finished_at"] for r in read_records(Storage(storage), ["tiny"])[0]}
     assert main(STUDY, TINY + ["--seeds", "0,1", "--storage", storage]) == 0
@@ -52,7 +53,7 @@ def test_rerun_skips_finished_trials(ran, capsys):
     assert after == before
 
 
-def test_new_seed_runs_only_the_new_trials_and_other_studies_reuse_records(ran, capsys):
+def test_new_seed_runs_only_the_new_trials_and_other_studies_reuse_records(joined, ran, capsys):
     storage, _ = ran
     assert main(STUDY, TINY + ["--seeds", "0,1,2", "--storage", storage]) == 0
     out = capsys.readouterr().out
@@ -65,7 +66,7 @@ def test_new_seed_runs_only_the_new_trials_and_other_studies_reuse_records(ran, 
     assert {r["variant"] for r in recs} == {"knn"} and all(r["reused_from"] == "tiny" for r in recs)
 
 
-def test_make_tables_on_the_run(ran, tmp_path):
+def test_make_tables_on_the_run(joined, ran, tmp_path):
     storage, _ = ran
     out = subprocess.run([sys.executable, os.path.join(ROOT, "analysis", "make_tables.py"), "--storage", storage,
                           "--out", str(tmp_path / "t.md")], capture_output=True, text=True, timeout=120)
@@ -83,7 +84,7 @@ def test_make_tables_on_the_run(ran, tmp_path):
     assert len(ns) == 2 and sum(ns) == len(records)      # columns a and b (each its own labeler setting)
 
 
-def test_tune_outputs_tensorboard_and_experiment_analysis_find_every_trial(ran):
+def test_tune_outputs_tensorboard_and_experiment_analysis_find_every_trial(joined, ran):
     """Ray Tune's own outputs are kept: ExperimentAnalysis over the study's Tune folders (one
     per run) returns every trial, and every trial's per-epoch ACC is in its TensorBoard events."""
     import glob

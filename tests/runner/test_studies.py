@@ -36,7 +36,7 @@ def test_study_scripts_are_thin_and_runnable(tmp_path):
         assert flag in helped.stdout
 
 
-def test_table2_on_digits_with_kmeans_baseline_and_figure1(tmp_path):
+def test_table2_on_digits_with_kmeans_baseline_and_figure1(joined, tmp_path):
     storage = str(tmp_path / "res")
     assert main(STUDIES["losses"], TINY + ["--seeds", "0", "--storage", storage]) == 0
     recs, bad = read_records(Storage(storage), ["losses"])
@@ -51,7 +51,7 @@ def test_table2_on_digits_with_kmeans_baseline_and_figure1(tmp_path):
     assert (tmp_path / "figures" / "figure1_digits.png").exists()
 
 
-def test_search_completes_and_resumes(tmp_path, capsys):
+def test_search_completes_and_resumes(joined, tmp_path, capsys):
     storage = str(tmp_path / "res")
     args = ["--dataset", "digits", "--epochs", "3", "--pretrain-epochs", "1", "--set", "width=0.125",
             "--set", "batch_size=64", "--max-concurrent", "2", "--storage", storage, "--quiet",

@@ -17,7 +17,7 @@ TWO_CELLS = Study(name="two", title="two cells", variants=(Variant("a", {"labele
                                                             Variant("b", {"labeler": "cosine"})))
 
 
-def test_smoke_test_runs_the_whole_study_through_ray_then_dry_run_marks_it_done(tmp_path, capsys):
+def test_smoke_test_runs_the_whole_study_through_ray_then_dry_run_marks_it_done(joined, tmp_path, capsys):
     storage = str(tmp_path / "res")
     assert main(STUDIES["seeds"], ["--smoke-test", "--storage", storage, "--quiet"]) == 0
     out = capsys.readouterr().out
@@ -29,7 +29,7 @@ def test_smoke_test_runs_the_whole_study_through_ray_then_dry_run_marks_it_done(
     assert "1 finished already" in out and "  done  " + recs[0]["key"] in out
 
 
-def test_search_in_sqlite_with_user_attributes_and_seeds_averaged(tmp_path, capsys):
+def test_search_in_sqlite_with_user_attributes_and_seeds_averaged(joined, tmp_path, capsys):
     import optuna
     storage, db = str(tmp_path / "res"), tmp_path / "optuna.db"
     url = f"sqlite:///{db}"
@@ -65,7 +65,7 @@ class Seen(tune.Callback):
 
 @pytest.mark.timeout(900)   # two study runs
 def test_ablation_through_optuna_same_records_as_the_default_with_mlflow_and_a_python_callback(
-        tmp_path, monkeypatch):
+        joined, tmp_path, monkeypatch):
     """The default run also carries --callback mlflow (an sqlite tracking URI) and a Python callback."""
     import optuna
     mlflow = pytest.importorskip("mlflow", reason="mlflow is not installed (pip install 'lsdc[mlflow]')")

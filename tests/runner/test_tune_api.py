@@ -1,6 +1,5 @@
 """lsdc from a user's own Ray Tune code: lsdc.tune.trainable over a flat config, under a
 grid, and under the user's own ASHA scheduler and OptunaSearch (issue 14)."""
-import os
 
 import pytest
 
@@ -14,12 +13,11 @@ from lsdc.storage import Storage  # noqa: E402
 SMALL = {"width": 0.125, "pretrain_epochs": 1}     # speed only: the README example without them runs as well
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="error", log_to_driver=False)
+@pytest.fixture
+def local_ray(joined, monkeypatch):
+    """The user's own ray.init(): here, a connection to the session's shared cluster (conftest.py)."""
+    monkeypatch.setenv("RAY_AIR_NEW_OUTPUT", "0")
     yield
-    ray.shutdown()
 
 
 def test_the_readme_tuner_example_runs_and_the_resultgrid_holds_acc(local_ray, tmp_path):

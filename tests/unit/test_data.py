@@ -188,6 +188,7 @@ def test_real_mnist_copy_as_npz_and_as_idx(tmp_path):
     assert np.array_equal(via_tv.x, test.x) and np.array_equal(via_tv.y, test.y)
 
 
+@pytest.mark.pipeline
 @pytest.mark.skipif(not os.path.exists(os.path.join(SHARED_DATA, "cifar10_jpeg.tar.gz")), reason="no shared data")
 def test_real_cifar10_jpeg_copy_decoded_to_npz(tmp_path):
     tool = os.path.join(SHARED_DATA, "..", "tools", "cifar10-jpeg-to-npz")

@@ -174,6 +174,7 @@ def _small_trial(cfg):
     return Trial(cfg, ds.x[:256], ds.y[:256], build_model(cfg, 10), spec=ds.spec, log=QUIET)
 
 
+@pytest.mark.pipeline
 def test_diagnostics_in_every_epoch_and_record_and_training_unchanged(monkeypatch):
     cfg = tiny(epochs=2, precision="bf16")
     with_diag = _small_trial(cfg)
@@ -205,6 +206,7 @@ def test_fp32_trial_agrees_with_itself():
     assert m["pair_flip_frac"] == 0.0 and m["pos_agreement"] == 1.0
 
 
+@pytest.mark.pipeline
 def test_precision_study_debug_runs_on_cpu(tmp_path, capsys):
     from lsdc.studies import PRECISION, STUDIES
     from lsdc.study import main

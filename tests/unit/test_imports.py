@@ -57,6 +57,7 @@ def test_no_import_cycle_at_module_level():
     assert "lsdc.harness" not in mods          # the runner is split by job (lsdc/runner)
 
 
+@pytest.mark.pipeline
 def test_importing_every_module_changes_no_environment_variable():
     names = sorted(m for m, _ in _modules() if not m.endswith("__main__"))   # __main__ runs the CLI
     code = ("import os, importlib, json; before = dict(os.environ)\n"

@@ -41,6 +41,7 @@ def test_toy_labeler_validates_from_presets_and_overrides(registered):
     assert eff["toy_threshold"] == 0.8 and "knn_k" not in eff
 
 
+@pytest.mark.pipeline
 def test_toy_labeler_runs_a_debug_trial_and_plans_a_study(registered, tmp_path, capsys):
     study = Study(name="toy_study", title="toy", variants=(Variant("toy", {"labeler": "toy"}),
                                                             Variant("kNN", {"labeler": "knn"})))

@@ -74,6 +74,7 @@ def _chromium(args, tmp_path):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.pipeline
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium; .ci/run does)")
 def test_report_in_a_real_browser(report, tmp_path):
     out, html, md, pngs = report
@@ -94,6 +95,7 @@ def test_report_in_a_real_browser(report, tmp_path):
     assert len(im.getcolors(maxcolors=1 << 20) or []) > 50                 # text, tables and figures drawn
 
 
+@pytest.mark.pipeline
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium; .ci/run does)")
 def test_the_browser_check_catches_a_broken_image(report, tmp_path):
     out, html, _, _ = report

@@ -85,6 +85,7 @@ def test_figure1_png_and_confident_numbers(store, tmp_path):
     assert "81.0 ± 1.4 (2)" in seeds and "paper 60" in seeds
 
 
+@pytest.mark.pipeline
 def test_make_tables_command(store, tmp_path):
     out = tmp_path / "t.md"
     r = subprocess.run([sys.executable, os.path.join(ROOT, "analysis", "make_tables.py"), "--storage", store.root,

@@ -15,6 +15,7 @@ from conftest import tiny
 QUIET = lambda s: None  # noqa: E731
 
 
+@pytest.mark.pipeline
 def test_two_epoch_digits_trial_loss_falls(env):
     trial = Trial.from_config(tiny(epochs=2), env, log=QUIET)
     hist = list(trial)
@@ -37,6 +38,7 @@ def test_frozen_parameters_unchanged_trainable_changed_after_a_step(env):
     assert any(n.startswith("backbone.layer4") for n in changed) and "head.weight" in changed
 
 
+@pytest.mark.pipeline
 def test_same_seed_same_metrics_on_cpu(env):
     a = [m["acc"] for m in Trial.from_config(tiny(seed=3), env, log=QUIET)]
     b = [m["acc"] for m in Trial.from_config(tiny(seed=3), env, log=QUIET)]
@@ -46,6 +48,7 @@ def test_same_seed_same_metrics_on_cpu(env):
     assert la != [m["loss"] for m in c]
 
 
+@pytest.mark.pipeline
 def test_checkpoint_and_resume_match_an_uninterrupted_run(env, tmp_path):
     cfg = tiny(epochs=3)
     full = [m["loss"] for m in Trial.from_config(cfg, env, log=QUIET)]
@@ -124,6 +127,7 @@ def test_kmeans_baseline(env):
     assert set(res) >= {"acc", "nmi", "ari"} and 0.1 < res["acc"] <= 1.0
 
 
+@pytest.mark.pipeline
 def test_command_line_single_trial(env, tmp_path):
     out = subprocess.run([sys.executable, "-m", "lsdc", "--epochs", "2", "--pretrain-epochs", "1",
                           "--set", "width=0.125", "--cache-dir", env.cache_dir, "--json", str(tmp_path / "r.json")],
