@@ -44,6 +44,7 @@ def main() -> int:
     from ray.cluster_utils import Cluster
 
     storage = a.storage or tempfile.mkdtemp(prefix="lsdc-sim-")
+    os.makedirs(storage, exist_ok=True)
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
     nodes = [cluster.add_node(num_cpus=a.cpus_per_node, num_gpus=1) for _ in range(a.nodes)]
     cluster.wait_for_nodes()

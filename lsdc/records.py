@@ -108,6 +108,9 @@ def finished_keys(storage: Storage, study: str) -> set[str]:
 
 
 METRICS = ("acc", "nmi", "ari")
+# Allowed ranges: ACC and NMI lie in [0, 1]; ARI is below 0 when the clusters agree with the
+# classes less than chance does (its minimum is -0.5), as a trial that collapsed can.
+METRIC_RANGE = {"acc": (0.0, 1.0), "nmi": (0.0, 1.0), "ari": (-0.5, 1.0)}
 
 
 def _is_num(v: Any) -> bool:
@@ -130,9 +133,9 @@ def _check(rec: Any, key: str, study: str | None = None) -> dict:
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0 or seed != rec["config"].get("seed"):
         raise ValueError(f"its seed {seed!r} is not its config's seed {rec['config'].get('seed')!r}")
     for m in METRICS:
-        v = rec["final"].get(m)
-        if v is not None and (not _is_num(v) or not 0.0 <= v <= 1.0):
-            raise ValueError(f"final {m} {v!r} is not a number in [0, 1] or null")
+        v, (lo, hi) = rec["final"].get(m), METRIC_RANGE[m]
+        if v is not None and (not _is_num(v) or not lo <= v <= hi):
+            raise ValueError(f"final {m} {v!r} is not a number in [{lo:g}, {hi:g}] or null")
     for m in ("confident_frac", "confident_acc", "loss"):
         v = rec["final"].get(m)
         if v is not None and not _is_num(v):

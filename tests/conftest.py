@@ -79,12 +79,22 @@ def _shared_cluster_tests_first(items):
         items[i] = it
 
 
+def _lock_file(tmp_path_factory):
+    """One lock file for every pytest process of this run (xdist's workers share the parent of
+    their base temporary folders)."""
+    return str(tmp_path_factory.getbasetemp().parent / "lsdc-ray-tests.lock")
+
+
 @pytest.fixture(scope="session")
-def shared_address():
+def shared_address(tmp_path_factory):
+    import fcntl
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
+    lock = open(_lock_file(tmp_path_factory), "a")
+    fcntl.flock(lock, fcntl.LOCK_SH)          # not while an exclusive test counts Ray's processes
     proc = subprocess.Popen([sys.executable, os.path.join(RUNNER, "shared_cluster.py"), "2"], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=True, env=env)
     address = proc.stdout.readline().strip()
+    lock.close()
     assert address, "the shared Ray cluster did not start"
     yield address
     import ray
@@ -111,12 +121,25 @@ def join(shared_address):
 @pytest.fixture
 def joined(join):
     yield join()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import ray
+        ray.shutdown()        # no job of this process alive while the other worker runs an exclusive test
 
 
 @pytest.fixture(autouse=True)
-def _own_ray_unless_joined(request):
-    if "joined" not in request.fixturenames and "ray" in __import__("sys").modules:
+def _ray_test_isolation(request, tmp_path_factory):
+    """For the tests in tests/runner: a test that does not join the shared cluster starts from a
+    process not connected to Ray; tests run side by side (pytest-xdist) hold a shared lock, and
+    those marked ``exclusive`` (they count Ray's processes and session folders on the machine)
+    an exclusive one, so that no other Ray test runs beside them."""
+    if not str(request.node.fspath).startswith(RUNNER + os.sep):
+        yield
+        return
+    import fcntl
+    if "joined" not in request.fixturenames and "ray" in sys.modules:
         import ray
         if ray.is_initialized():
             ray.shutdown()
-    yield
+    with open(_lock_file(tmp_path_factory), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX if request.node.get_closest_marker("exclusive") else fcntl.LOCK_SH)
+        yield

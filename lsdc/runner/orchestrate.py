@@ -15,7 +15,7 @@ import ray
 from ray import tune
 
 from ..planning import Planned, Study, StudyArgs, dataset_tag
-from ..records import done_keys, quarantine, reuse_records
+from ..records import done_keys, quarantine, record_path, reuse_records, verify
 from ..storage import Storage
 from .callbacks import make_callbacks
 from .cluster import RayHandle, check_resources, default_gpus_per_trial, ray_env, remote
@@ -214,6 +214,14 @@ def _run_trials(study: Study, planned: list[Planned], trials: list[Planned], don
     _prune_checkpoints(results, finished, storage)
     unfinished = [p for p in trials if p.key not in finished]
     errored = sum(r.error is not None for r in results)
+    for p in unfinished:   # a record written but refused on reading: a failure, named, not an interruption
+        if storage.exists(record_path(study.name, p.key)):
+            try:
+                verify(storage, study.name, p.key)
+            except ValueError as e:
+                errored += 1
+                print(f"[{study.name}] trial {p.variant}/s{p.cfg.seed} wrote a record that fails verification: {e}",
+                      flush=True)
     return bool(unfinished) and errored < len(unfinished)
 
 

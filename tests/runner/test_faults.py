@@ -133,6 +133,7 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path, share
     assert "diverged" in text
 
 
+@pytest.mark.exclusive    # counts Ray's processes on the machine: no other Ray test beside it
 def test_ctrl_c_stops_cleanly_says_how_to_resume_and_leaves_no_ray_processes(tmp_path):
     storage = str(tmp_path / "res")
     before = ray_pids()
@@ -149,6 +150,7 @@ def test_ctrl_c_stops_cleanly_says_how_to_resume_and_leaves_no_ray_processes(tmp
     assert ray_pids() - before == set()
 
 
+@pytest.mark.exclusive    # counts Ray's processes on the machine: no other Ray test beside it
 def test_normal_exit_leaves_no_ray_processes_nor_session_folder(tmp_path):
     import glob
     sessions = set(glob.glob("/tmp/ray/session_2*"))
@@ -296,6 +298,7 @@ def test_no_dashboard_by_default_and_localhost_only_when_asked():
     assert "include_dashboard" not in ray_init_kwargs("ray://head:10001")   # joining: the cluster's own settings
 
 
+@pytest.mark.exclusive    # counts Ray's processes on the machine: no other Ray test beside it
 def test_soak_forty_trials_every_record_and_resources_return(tmp_path, monkeypatch):
     monkeypatch.setenv("LSDC_TEST_SECRET", "s3cr3t-t0ken-value")
     soak = Study(name="soak", title="soak", variants=(Variant("knn", {"labeler": "knn"}),

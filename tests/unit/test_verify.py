@@ -71,6 +71,22 @@ def test_every_bad_record_is_skipped_named_and_never_crashes_make_tables(store, 
     assert len(os.listdir(s.path("st", "quarantine"))) == 6
 
 
+def test_a_collapsed_trials_negative_ari_is_a_valid_record(tmp_path):
+    """ARI is below 0 when clusters agree with the classes less than chance does (the 200-trial
+    cluster simulation met two such 1-epoch trials: ARI -1.5e-05 and -8.7e-06). Such a record is
+    valid; it used to be refused, quarantined and re-run forever. ARI below its minimum, -0.5, is not."""
+    s = Storage(str(tmp_path / "res"))
+    ok = seal(dict(rec("st", 0), final={"acc": 0.1035, "nmi": 0.0052, "ari": -1.4582553632354002e-05}))
+    low = seal(dict(rec("st", 1), final={"acc": 0.1, "nmi": 0.0, "ari": -0.75}))
+    put(s, "st", ok)
+    put(s, "st", low)
+    reasons = {}
+    recs, bad = read_records(s, ["st"], reasons)
+    assert [r["key"] for r in recs] == [ok["key"]] and len(bad) == 1
+    assert "final ari -0.75 is not a number in [-0.5, 1]" in " ".join(reasons.values())
+    assert verified_keys(s, "st") == {ok["key"]}
+
+
 def test_storage_files_are_group_readable(tmp_path):
     from lsdc.pretrain import _save_atomic
     old = os.umask(0o022)
