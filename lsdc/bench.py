@@ -248,26 +248,28 @@ def run(args) -> dict:
     print(f"lsdc.bench on {device} ({hardware(device).get('gpu') or hardware(device)['cpu']}): "
           f"{n_images} images of {args.size}x{args.size}x{args.channels}, batch {args.batch_size}, "
           f"width {args.width}, {args.steps} timed steps after {args.warmup} warm-up", flush=True)
-    for v in args.variants:
-        if v == "reference":
-            add(v, bench_reference(cfg.replace(precision="fp32"), env, args.warmup, args.steps, args.workers))
-        elif v in ("eager", "fused", "compiled", "compiled-fused"):
-            c = cfg.replace(fused_views="fused" in v, compile=v.startswith("compiled"))
-            add(v, bench_trial(c, env, args.warmup, args.steps))
-        elif v in ("rotnet", "rotnet-compiled"):
-            add(v, bench_rotnet(cfg, env, args.warmup, args.steps, compile=v.endswith("compiled")))
-        elif v == "eval":
-            add(v, bench_eval(cfg, env))
-        elif v.startswith("ray-"):
-            from .runner.bench import bench_concurrent
-            n = int(v.split("-")[1])
-            r = bench_concurrent(n, cfg.to_dict(), env.to_dict(), args.warmup, args.steps,
-                                 gpus_per_trial=(1.0 / n) if device.type == "cuda" else 0.0,
-                                 cpus_per_trial=args.cpus_per_trial)
-            add(v, r)
-    if "lsdc.runner.bench" in sys.modules:
-        from .runner.bench import close
-        close()
+    try:
+        for v in args.variants:
+            if v == "reference":
+                add(v, bench_reference(cfg.replace(precision="fp32"), env, args.warmup, args.steps, args.workers))
+            elif v in ("eager", "fused", "compiled", "compiled-fused"):
+                c = cfg.replace(fused_views="fused" in v, compile=v.startswith("compiled"))
+                add(v, bench_trial(c, env, args.warmup, args.steps))
+            elif v in ("rotnet", "rotnet-compiled"):
+                add(v, bench_rotnet(cfg, env, args.warmup, args.steps, compile=v.endswith("compiled")))
+            elif v == "eval":
+                add(v, bench_eval(cfg, env))
+            elif v.startswith("ray-"):
+                from .runner.bench import bench_concurrent
+                n = int(v.split("-")[1])
+                r = bench_concurrent(n, cfg.to_dict(), env.to_dict(), args.warmup, args.steps,
+                                     gpus_per_trial=(1.0 / n) if device.type == "cuda" else 0.0,
+                                     cpus_per_trial=args.cpus_per_trial)
+                add(v, r)
+    finally:   # the Ray that the ray-N variants started, even if a variant failed
+        if "lsdc.runner.bench" in sys.modules:
+            from .runner.bench import close
+            close()
     ref = next((r["images_per_s"] for r in results if r["variant"] == "reference"), None)
     for r in results:
         if ref and r["variant"] != "eval" and r["unit"] == "images":

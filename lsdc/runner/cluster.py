@@ -76,6 +76,9 @@ class RayHandle:
         self.seconds = 0.0
         self.session_dir: str | None = None
         if not self.owned:
+            if address:
+                print(f"note: Ray was initialized by the calling process, and lsdc uses that connection; "
+                      f"--address {address} is not used", flush=True)
             if env_vars:
                 print(f"note: Ray was initialized by the calling process, and lsdc uses it as it is: its "
                       f"runtime_env must set {', '.join(f'{k}={v}' for k, v in env_vars.items())} for the "

@@ -213,16 +213,16 @@ def _run_trials(study: Study, planned: list[Planned], trials: list[Planned], don
     finished = done_keys(storage, study.name, trials)
     _prune_checkpoints(results, finished, storage)
     unfinished = [p for p in trials if p.key not in finished]
-    errored = sum(r.error is not None for r in results)
+    failed = {(r.config or {}).get("spec", {}).get("key") for r in results if r.error is not None}
     for p in unfinished:   # a record written but refused on reading: a failure, named, not an interruption
-        if storage.exists(record_path(study.name, p.key)):
+        if p.key not in failed and storage.exists(record_path(study.name, p.key)):
             try:
                 verify(storage, study.name, p.key)
-            except ValueError as e:
-                errored += 1
+            except Exception as e:  # ValueError with the reason; anything else the storage raises
+                failed.add(p.key)
                 print(f"[{study.name}] trial {p.variant}/s{p.cfg.seed} wrote a record that fails verification: {e}",
                       flush=True)
-    return bool(unfinished) and errored < len(unfinished)
+    return bool(unfinished) and len(failed & {p.key for p in unfinished}) < len(unfinished)
 
 
 def _grid_searcher(study: Study, planned: list[Planned], trials: list[Planned], common: dict, args: StudyArgs,

@@ -434,7 +434,10 @@ def test_killed_at_random_moments_then_the_same_command_completes(tmp_path):
     moments (start-up, pretraining, training, checkpoint or record writes: wherever they fall);
     then the same command completes with every trial once, verified, with a consistent history
     and no temporary file left. LSDC_TEST_SEED draws other moments."""
+    import glob
     import random
+    import shutil
+    sessions = set(glob.glob("/tmp/ray/session_2*"))
     seed = int(os.environ.get("LSDC_TEST_SEED", "20261127"))
     rng = random.Random(seed)
     storage = str(tmp_path / "res")
@@ -462,6 +465,8 @@ def test_killed_at_random_moments_then_the_same_command_completes(tmp_path):
         assert r["status"] in ("finished", "diverged"), what
     leftovers = [f for d, _, fs in os.walk(storage) for f in fs if f.startswith(".tmp-")]
     assert leftovers == [], what
+    for d in set(glob.glob("/tmp/ray/session_2*")) - sessions:   # the killed runs' Ray session folders
+        shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.mark.timeout(1200)   # several study runs, each a fresh Ray
