@@ -109,11 +109,6 @@ class RayHandle:
                     pass
 
 
-def shutdown() -> None:
-    if ray.is_initialized():
-        ray.shutdown()
-
-
 def check_resources(gpus_per_trial: float, cpus_per_trial: float) -> None:
     """Fail at once, instead of waiting forever, if no node can host one trial."""
     nodes = [n for n in ray.nodes() if n.get("Alive")]

@@ -15,7 +15,7 @@ import ray
 from ray import tune
 
 from ..planning import Planned, Study, StudyArgs, dataset_tag
-from ..records import done_keys, quarantine, record_path, reuse_records, verify
+from ..records import done_keys, quarantine, reuse_records
 from ..storage import Storage
 from .callbacks import make_callbacks
 from .cluster import RayHandle, check_resources, default_gpus_per_trial, ray_env, remote
@@ -210,18 +210,16 @@ def _run_trials(study: Study, planned: list[Planned], trials: list[Planned], don
             print(f"[{study.name}] trial {sp.get('variant')}/s{sp.get('trial', {}).get('seed')} failed: "
                   f"{first[-1] if first else r.error}; full traceback: {os.path.join(r.path or '', 'error.txt')}",
                   flush=True)
-    finished = done_keys(storage, study.name, trials)
+    refused: dict[str, str] = {}              # key -> why, for the records that fail verification
+    finished = done_keys(storage, study.name, trials, refused)
     _prune_checkpoints(results, finished, storage)
     unfinished = [p for p in trials if p.key not in finished]
     failed = {(r.config or {}).get("spec", {}).get("key") for r in results if r.error is not None}
     for p in unfinished:   # a record written but refused on reading: a failure, named, not an interruption
-        if p.key not in failed and storage.exists(record_path(study.name, p.key)):
-            try:
-                verify(storage, study.name, p.key)
-            except Exception as e:  # ValueError with the reason; anything else the storage raises
-                failed.add(p.key)
-                print(f"[{study.name}] trial {p.variant}/s{p.cfg.seed} wrote a record that fails verification: {e}",
-                      flush=True)
+        if p.key not in failed and p.key in refused:
+            failed.add(p.key)
+            print(f"[{study.name}] trial {p.variant}/s{p.cfg.seed} wrote a record that fails verification: "
+                  f"{refused[p.key]}", flush=True)
     return bool(unfinished) and len(failed & {p.key for p in unfinished}) < len(unfinished)
 
 

@@ -1,8 +1,9 @@
 """Keeps a ray.cluster_utils.Cluster (a head node with N CPUs, no dashboard) running in its own
 process, for the Ray tests of a session (conftest.py): prints its address, then shuts it
-down when its standard input closes. In its own process because a cluster whose nodes were
-started by the test process is broken by a later ``ray.init(address="local")`` / ``ray.shutdown()``
-there (the tests that need lsdc to start its own Ray do exactly that)."""
+down when its standard input closes. In its own process, so that its nodes are not tied to the
+test process's Ray state. That alone does not make a later join safe: once the test process has
+started and stopped a local Ray, Ray 2.60 cancels its actors on this cluster too, which is why the
+tests that join run first (``tests/conftest.py``)."""
 import sys
 
 from ray.cluster_utils import Cluster
