@@ -336,8 +336,9 @@ def make_config(dataset: str = "digits", *, scale_schedule: bool = True, **overr
     ``overrides`` may name any field or any registered entry's parameter. With
     ``scale_schedule`` (default), overriding ``epochs`` alone rescales the preset's
     learning-rate steps and ramp-up length T in proportion (so ``epochs=22`` on CIFAR-10
-    drops the lr at 14 and 18 and ramps up over 10 epochs); explicit ``lr_steps`` or
-    ``rampup`` overrides win. A chosen entry's ``implies`` (MixUp: weight decay 1e-4) apply
+    drops the lr at 14 and 18 and ramps up over 10 epochs), and a preset's evaluation interval
+    shrinks in proportion (digits: every 5 of 30 epochs, every epoch of a 2-epoch run); explicit
+    ``lr_steps``, ``rampup`` or ``eval_every`` overrides win. A chosen entry's ``implies`` (MixUp: weight decay 1e-4) apply
     unless the field is given.
     """
     names = set(settable_names())
@@ -362,6 +363,8 @@ def make_config(dataset: str = "digits", *, scale_schedule: bool = True, **overr
             values["lr_steps"] = tuple(s for s in steps if s < overrides["epochs"]) or ()
         if "rampup" not in overrides:
             values["rampup"] = max(0, round(values["rampup"] * ratio))
+        if "eval_every" not in overrides and values.get("eval_every", 1) > 1:
+            values["eval_every"] = max(1, min(values["eval_every"], round(values["eval_every"] * ratio)))
     for fam in FAMILY_FIELDS:
         name = overrides.get(fam, values.get(fam, getattr(TrialConfig, fam)))
         if name in registry.FAMILIES[fam]:

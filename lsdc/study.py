@@ -303,7 +303,8 @@ def search_main(argv: Sequence[str] | None = None, callbacks: Sequence | None = 
         if args.debug:
             return run_debug(Study(name="search", title=SEARCH.title, variants=(Variant("search", over),)), args)
         seeds = args.seeds or [0]
-        base = make_config(args.dataset, **{**over, "seed": seeds[0]})
+        # ASHA compares the objective at its milestones: evaluate every epoch unless told otherwise
+        base = make_config(args.dataset, **{"eval_every": 1, **over, "seed": seeds[0]})
         from .runner.search import searched_names
         fixed = sorted(set(args.overrides) & searched_names(base))
         if fixed:

@@ -16,7 +16,7 @@ def env(tmp_path_factory):
 
 def tiny(**overrides):
     """A digits config that trains in a second or two on a laptop CPU."""
-    base = dict(epochs=2, pretrain_epochs=1, width=0.125, batch_size=64, device="cpu")
+    base = dict(epochs=2, pretrain_epochs=1, width=0.125, batch_size=256, device="cpu")
     base.update(overrides)
     return make_config("digits", **base)
 
@@ -59,8 +59,8 @@ def pytest_collection_modifyitems(config, items):
 # 
 # Tests that check what lsdc does with a Ray it starts itself (no process left behind, the
 # session folder removed, Ctrl-C, plugins reaching the workers through the runtime environment,
-# faults injected through the environment of the workers, a soak that counts processes, clusters
-# of their own) ask for neither, and the autouse fixture below disconnects this process first,
+# a whole process group killed with its Ray, a soak that counts processes, clusters of their
+# own) ask for neither, and the autouse fixture below disconnects this process first,
 # so that their run starts its own Ray as a user's would. They run after the tests that join:
 # once this process has started and stopped a local Ray, Ray (2.60) no longer creates actors
 # for it on another cluster ("cancelled before it started running").

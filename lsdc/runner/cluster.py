@@ -81,8 +81,8 @@ class RayHandle:
                       f"--address {address} is not used", flush=True)
             if env_vars:
                 print(f"note: Ray was initialized by the calling process, and lsdc uses it as it is: its "
-                      f"runtime_env must set {', '.join(f'{k}={v}' for k, v in env_vars.items())} for the "
-                      f"workers to load the plugins", flush=True)
+                      f"runtime_env must set {', '.join(f'{k}={v}' for k, v in env_vars.items())} for lsdc's "
+                      f"workers to see them", flush=True)
             return
         self.seconds = init_ray(address, num_cpus, dashboard, env_vars)
         if not address:

@@ -44,10 +44,18 @@ def preflight(planned: list[Planned], args: StudyArgs, storage: Storage) -> None
             cached_backbone_ok(path, p.cfg, p.fingerprint, log=print)
 
 
-def plugin_env(args: StudyArgs) -> dict[str, str]:
-    """Environment for Ray's workers: the plugin modules that register entries."""
+# lsdc's test hooks (``lsdc.storage``): set in the driver's environment, they reach the trials
+# of this run on any cluster, also one that was started before (a shared test cluster)
+TEST_HOOKS = ("LSDC_FAULT", "LSDC_FAULT_ONCE", "LSDC_FAULT_ENOSPC")
+
+
+def worker_env(args: StudyArgs) -> dict[str, str]:
+    """Environment for this run's Ray workers: the plugin modules that register entries, and
+    lsdc's test hooks where the driver has them set."""
     names = [*args.plugins, *[n for n in os.environ.get("LSDC_PLUGINS", "").split(",") if n.strip()]]
-    return {"LSDC_PLUGINS": ",".join(dict.fromkeys(names))} if names else {}
+    env = {"LSDC_PLUGINS": ",".join(dict.fromkeys(names))} if names else {}
+    env.update({k: os.environ[k] for k in TEST_HOOKS if os.environ.get(k)})
+    return env
 
 
 def run_study(study: Study, planned: list[Planned], args: StudyArgs, callbacks: list | None = None,
@@ -75,7 +83,7 @@ def _run_study(study: Study, planned: list[Planned], args: StudyArgs, callbacks:
     interrupted = False
     handle = None
     try:
-        handle = RayHandle(args.address, dashboard=args.dashboard, env_vars=plugin_env(args))
+        handle = RayHandle(args.address, dashboard=args.dashboard, env_vars=worker_env(args))
         timings["ray_init"] = handle.seconds
         gpus = default_gpus_per_trial() if args.gpus_per_trial is None else args.gpus_per_trial
         check_resources(gpus, args.cpus_per_trial)   # fails in seconds instead of waiting forever
@@ -149,9 +157,10 @@ def _run_pretraining(study: Study, pending: list[Planned], args: StudyArgs, stor
     todo = {k: p for k, p in distinct.items() if not backbone_ready(p, args.env, storage)}
     if not todo:
         return
+    cpus = pretrain_cpus(res["num_cpus"], res["num_gpus"], len(todo))
     print(f"[{study.name}] pretraining {len(todo)} backbone(s) ({', '.join(sorted({p.cfg.pretrain for p in todo.values()}))})"
-          f", one Ray task each", flush=True)
-    task = remote(pretrain_task, res["num_cpus"], res["num_gpus"])
+          f", one Ray task each" + (f" on {cpus:g} CPUs" if cpus != res["num_cpus"] else ""), flush=True)
+    task = remote(pretrain_task, cpus, res["num_gpus"])
     refs = [task.remote(p.to_dict(), args.env.to_dict(), storage.uri) for p in todo.values()]
     t0 = time.perf_counter()
     while refs:
@@ -159,6 +168,17 @@ def _run_pretraining(study: Study, pending: list[Planned], args: StudyArgs, stor
         ray.get(ready)
         print(f"[{study.name}] pretraining: {len(todo) - len(refs)}/{len(todo)} backbones ready "
               f"({time.perf_counter() - t0:.0f} s)", flush=True)
+
+
+def pretrain_cpus(cpus_per_trial: float, gpus: float, backbones: int) -> float:
+    """CPUs for each pretraining task. The trials wait for every backbone, so on a cluster
+    without GPUs the backbones share its CPUs (as many as one node holds at most) instead of
+    leaving all but ``cpus_per_trial`` of them idle; with GPUs, the trial's own request."""
+    if gpus or backbones < 1:
+        return cpus_per_trial
+    nodes = [n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")]
+    share = int(ray.cluster_resources().get("CPU", 0) // backbones)
+    return max(cpus_per_trial, min(max(nodes, default=0), share))
 
 
 def _run_kmeans(study: Study, jobs: list[Planned], args: StudyArgs, storage: Storage, res) -> None:

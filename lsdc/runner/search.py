@@ -233,10 +233,10 @@ def _run_search(base: TrialConfig, args: StudyArgs, n_trials: int, objective: st
     name += sampler_tag
     t_start = time.perf_counter()
     interrupted = False
-    from .orchestrate import plugin_env
+    from .orchestrate import worker_env
     handle = None
     try:
-        handle = RayHandle(args.address, dashboard=args.dashboard, env_vars=plugin_env(args))
+        handle = RayHandle(args.address, dashboard=args.dashboard, env_vars=worker_env(args))
         gpus = default_gpus_per_trial() if args.gpus_per_trial is None else args.gpus_per_trial
         check_resources(gpus, args.cpus_per_trial)   # before anything is written
         device_type = "cuda" if gpus > 0 else "cpu"

@@ -11,7 +11,7 @@ from lsdc.storage import Storage
 from lsdc.study import Study, Variant, main, plan
 
 TINY = ["--dataset", "digits", "--epochs", "2", "--pretrain-epochs", "1", "--set", "width=0.125",
-        "--set", "batch_size=64", "--quiet"]
+        "--set", "batch_size=256", "--quiet"]
 STUDY = Study(name="tiny", title="a tiny study", variants=(Variant("a", {"labeler": "knn"}),
                                                            Variant("b", {"labeler": "cosine"})))
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -124,7 +124,7 @@ def test_debug_mode_runs_one_trial_in_process_without_ray(tmp_path, capsys):
     (["--seeds", ""], "--seeds: empty list"),
     (["--seeds", "1,1"], "--seeds: duplicate seed 1"),
     (["--set", "batch_size=1"], "batch_size: must be >= 2"),
-    (["--set", "knn_k=64"], r"knn_k: must be < batch_size \(64\)"),
+    (["--set", "knn_k=256"], r"knn_k: must be < batch_size \(256\)"),
 ])
 def test_bad_input_fails_before_anything_is_written(tmp_path, capsys, argv, message):
     store = tmp_path / "never"
@@ -155,10 +155,20 @@ def test_multi_node_cluster_spreads_trials_and_collects_every_record(tmp_path):
             cluster.add_node(num_cpus=1)
         cluster.wait_for_nodes()
         storage = str(tmp_path / "shared")
-        code = main(STUDY, TINY + ["--seeds", "0,1", "--storage", storage, "--address", cluster.address])
+        code = main(STUDY, TINY + ["--seeds", "0,1", "--set", "pretrain=none", "--storage", storage,
+                                   "--address", cluster.address])
         assert code == 0
         records, bad = read_records(Storage(storage), ["tiny"])
         assert len(records) == 4 and not bad
         assert len({r["ray_node_id"] for r in records}) == 2     # both worker nodes ran trials
     finally:
         cluster.shutdown()
+
+
+def test_pretraining_tasks_share_the_cpus_the_trials_wait_with(joined):
+    """On a CPU cluster (the shared one: 2 CPUs on one node) one backbone is pretrained on both
+    CPUs, two on one each; with GPUs, each task asks for what a trial asks for."""
+    from lsdc.runner.orchestrate import pretrain_cpus
+    assert pretrain_cpus(1, 0, 1) == 2
+    assert pretrain_cpus(1, 0, 2) == 1 and pretrain_cpus(1, 0, 5) == 1
+    assert pretrain_cpus(1, 0.5, 1) == 1

@@ -14,7 +14,7 @@ from lsdc.tables import render
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = ["--dataset", "digits", "--epochs", "2", "--pretrain-epochs", "1", "--set", "width=0.125",
-        "--set", "batch_size=64", "--quiet"]
+        "--set", "batch_size=256", "--quiet"]
 
 
 @pytest.mark.parametrize("name", sorted(STUDIES))
@@ -54,7 +54,7 @@ def test_table2_on_digits_with_kmeans_baseline_and_figure1(joined, tmp_path):
 def test_search_completes_and_resumes(joined, tmp_path, capsys):
     storage = str(tmp_path / "res")
     args = ["--dataset", "digits", "--epochs", "3", "--pretrain-epochs", "1", "--set", "width=0.125",
-            "--set", "batch_size=64", "--max-concurrent", "2", "--storage", storage, "--quiet",
+            "--set", "batch_size=256", "--max-concurrent", "2", "--storage", storage, "--quiet",
             "--objective", "label_free"]
     assert search_main(args + ["--trials", "4"]) == 0
     out = capsys.readouterr().out

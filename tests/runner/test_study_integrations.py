@@ -12,7 +12,7 @@ from lsdc.studies import STUDIES
 from lsdc.study import Study, Variant, main, search_main
 
 TINY = ["--dataset", "digits", "--epochs", "2", "--pretrain-epochs", "1", "--set", "width=0.125",
-        "--set", "batch_size=64", "--quiet"]
+        "--set", "batch_size=256", "--quiet"]
 TWO_CELLS = Study(name="two", title="two cells", variants=(Variant("a", {"labeler": "knn"}),
                                                             Variant("b", {"labeler": "cosine"})))
 
@@ -34,7 +34,7 @@ def test_search_in_sqlite_with_user_attributes_and_seeds_averaged(joined, tmp_pa
     storage, db = str(tmp_path / "res"), tmp_path / "optuna.db"
     url = f"sqlite:///{db}"
     assert search_main(["--dataset", "digits", "--epochs", "2", "--pretrain-epochs", "1", "--set", "width=0.125",
-                        "--set", "batch_size=64", "--quiet", "--storage", storage, "--trials", "2", "--no-asha",
+                        "--set", "batch_size=256", "--quiet", "--storage", storage, "--trials", "2", "--no-asha",
                         "--max-concurrent", "2", "--seeds", "0,1", "--optuna-storage", url, "--sampler", "random"]) == 0
     out = capsys.readouterr().out
     name = next(s.study_name for s in optuna.get_all_study_summaries(url))

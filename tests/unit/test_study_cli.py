@@ -116,3 +116,17 @@ def test_progress_prints_the_error_file_of_a_failed_trial(capsys):
     p.on_trial_error(0, [t], t)
     out = capsys.readouterr().out
     assert "/tmp/tune/a-s0/error.txt" in out and "1 failed" in out
+
+
+def test_workers_get_the_plugins_and_the_drivers_test_hooks_only(monkeypatch):
+    """What a run passes to its Ray workers' environment (also on a cluster started before it):
+    the plugin modules, and lsdc's fault hooks only where the driver has them set."""
+    from lsdc.runner.orchestrate import TEST_HOOKS, worker_env
+    for k in (*TEST_HOOKS, "LSDC_PLUGINS"):
+        monkeypatch.delenv(k, raising=False)
+    args = SimpleNamespace(plugins=[])
+    assert worker_env(args) == {}
+    monkeypatch.setenv("LSDC_FAULT", "mid-epoch")
+    monkeypatch.setenv("LSDC_FAULT_ENOSPC", "")                  # empty: not set
+    monkeypatch.setenv("LSDC_PLUGINS", "b")
+    assert worker_env(SimpleNamespace(plugins=["a", "b"])) == {"LSDC_PLUGINS": "a,b", "LSDC_FAULT": "mid-epoch"}
