@@ -173,7 +173,8 @@ class Trial:
         return torch.stack([loss.detach(), bce.detach(), mse.detach()])
 
     def run_epoch(self) -> dict[str, Any]:
-        """Train one epoch (drop_last batches), evaluate, and return the epoch's metrics."""
+        """Train one epoch (drop_last batches), evaluate and compute the diagnostics (every
+        ``eval_every`` epochs and at the last), and return the epoch's metrics."""
         cfg = self.cfg
         t0 = time.perf_counter()
         self.model.train()
@@ -206,7 +207,7 @@ class Trial:
         else:
             if self.epoch % cfg.eval_every == 0 or self.epoch == cfg.epochs:
                 m.update(self.evaluate())
-            m.update(self.pair_diagnostics())
+                m.update(self.pair_diagnostics())     # with the evaluation: they cost a forward pass
         m["epoch_s"] = time.perf_counter() - t0
         self.history.append(m)
         return m

@@ -192,6 +192,9 @@ def test_diagnostics_in_every_epoch_and_record_and_training_unchanged(monkeypatc
     assert rec["diagnostics"]["backbone"]["kmeans_acc"] == bd["kmeans_acc"]
     assert rec["diagnostics"]["final"]["pair_precision"] == hist[-1]["pair_precision"]
     assert rec["precision"] == "bf16"
+    # evaluated every 2 epochs: the diagnostics come with the evaluations, not in between
+    sparse = list(_small_trial(tiny(epochs=3, eval_every=2, precision="bf16")))
+    assert ["acc" in m for m in sparse] == ["pair_precision" in m for m in sparse] == [False, True, True]
     # the same trial with no diagnostics at all trains exactly the same
     monkeypatch.setattr(Trial, "pair_diagnostics", lambda self: {})
     monkeypatch.setattr(Trial, "backbone_diagnostics", lambda self: {})
