@@ -355,7 +355,7 @@ for _spec in [
     # RotNet features of 8x8 digits are poor (k-means ACC ~0.27, kNN-pair precision ~0.46);
     # SimCLR with its strong augmentation gives k-means ACC ~0.9, so digits pretrains with it.
     # lsdc 0.2 (chosen with the labels, see the README's "Digits preset"): MixUp (weight decay
-    # 1e-4 by MixUp's registry entry), 30 epochs with lr 0.1 dropping at 24, T 8, SimCLR for 40
+    # 1e-4 by MixUp's registry entry), 30 epochs with lr 0.1 dropping at 24, T 8, SimCLR for 50
     # epochs, evaluation every 5 epochs (and the last), so that Table 5's 16 trials fit in 10
     # minutes on 2 cores; lsdc 0.1 had RICAP, 20 epochs, lr 0.05 dropping at 16, T 5 and 20 SimCLR
     # epochs, which left large batches undertrained (60 steps at 512).
@@ -365,7 +365,7 @@ for _spec in [
                 preset=dict(optimizer="sgd", epochs=30, lr_steps=(24,), lr=0.1, lam=2.0, rampup=8, labeler="knn",
                             mixing="mixup", eval_every=5,
                             width=0.25, batch_size=128, freeze_from=2, pretrain="simclr",
-                            pretrain_augment="strong", pretrain_epochs=40, pretrain_batch_size=128)),
+                            pretrain_augment="strong", pretrain_epochs=50, pretrain_batch_size=128)),
     DatasetSpec("mnist", "image", 10, channels=1, size=28, mean=(0.1307,), std=(0.3081,), pad=2,
                 flip=False, classes=DIGIT_CLASSES, files=_MNIST_FILES, loader=_load_mnist,
                 source="torchvision MNIST files",
