@@ -155,7 +155,8 @@ def training_curves(study, epochs: pd.DataFrame, out_dir: str) -> list[tuple[str
             for ax, col in zip(axes, ("acc_pct", "loss")):
                 if col not in s or s[col].dropna().empty:
                     continue
-                g = s.groupby("epoch")[col].agg(["mean", "min", "max"]).sort_index()
+                # epochs without the value (not evaluated: eval_every > 1) are left out, not gaps
+                g = s.dropna(subset=[col]).groupby("epoch")[col].agg(["mean", "min", "max"]).sort_index()
                 c = OKABE_ITO[k % 8]
                 ax.plot(g.index, g["mean"], color=c, marker=MARKERS[k % 8], markersize=3,
                         label=f"{(r + ': ') if r else ''}{v} (n={n})")
@@ -173,7 +174,7 @@ def training_curves(study, epochs: pd.DataFrame, out_dir: str) -> list[tuple[str
         path = os.path.join(out_dir, f"curves_{study.name}_{gi}_{_slug(group)}.png")
         fig.savefig(path, dpi=90)
         plt.close(fig)
-        out.append((path, f"Training curves, {group}: ACC (%) evaluated after each epoch and the training loss, "
+        out.append((path, f"Training curves, {group}: ACC (%) at each evaluation (every epoch unless eval_every says otherwise) and the training loss, "
                           "mean over seeds with the min-max band."))
     return out
 
@@ -205,7 +206,7 @@ def diagnostic_curves(study, epochs: pd.DataFrame, out_dir: str) -> list[tuple[s
                 s = e[(e["row"] == r) & (e["variant"] == v)]
                 if col not in s or s[col].dropna().empty:
                     continue
-                g = (s.groupby("epoch")[col].mean() * scale).sort_index()
+                g = (s.dropna(subset=[col]).groupby("epoch")[col].mean() * scale).sort_index()
                 ax.plot(g.index, g.values, color=OKABE_ITO[k % 8], marker=MARKERS[k % 8], markersize=3,
                         label=f"{(r + ': ') if r else ''}{v} (n={s['key'].nunique()})")
             ax.set_ylabel(label, fontsize=8)

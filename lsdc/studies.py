@@ -118,7 +118,7 @@ SEEDS = Study(
 PRECISION = Study(
     name="precision", title="Numerical precision: bf16, TF32 and fp32 side by side",
     description="The dataset's preset in each precision: ACC, images/s, and how the pairwise labels agree with "
-                "those the same model gives in fp32 (per epoch, on a fixed sample: fraction of pairs that "
+                "those the same model gives in fp32 (at each evaluation, on a fixed sample: fraction of pairs that "
                 "differ, Jaccard index of the positive pairs). fp32 is the reference code's numerics and the "
                 "default; on CPUs TF32 computes in fp32.",
     variants=(Variant("fp32", {"precision": "fp32"}), Variant("TF32", {"precision": "tf32"}),

@@ -144,6 +144,11 @@ def study_args(a: argparse.Namespace, study: Study | None = None) -> StudyArgs:
         overrides["epochs"] = a.epochs
     if a.pretrain_epochs is not None:
         overrides["pretrain_epochs"] = a.pretrain_epochs
+    if getattr(a, "searcher", "grid") == "optuna":
+        # Tune checks that every report of a searched trial carries the searcher's metric (acc)
+        if overrides.setdefault("eval_every", 1) != 1:
+            raise StudyError(f"--set eval_every={overrides['eval_every']}: --searcher optuna reads ACC "
+                             f"after every epoch; drop the --set or use --searcher grid")
     if a.gpus_per_trial is not None and a.gpus_per_trial < 0:
         raise StudyError(f"--gpus-per-trial: must be >= 0, got {a.gpus_per_trial}")
     if a.cpus_per_trial <= 0:
@@ -303,7 +308,11 @@ def search_main(argv: Sequence[str] | None = None, callbacks: Sequence | None = 
         if args.debug:
             return run_debug(Study(name="search", title=SEARCH.title, variants=(Variant("search", over),)), args)
         seeds = args.seeds or [0]
-        # ASHA compares the objective at its milestones: evaluate every epoch unless told otherwise
+        # ASHA compares the objective at its milestones (and Tune checks that every report
+        # carries it): evaluate every epoch
+        if over.get("eval_every", 1) != 1 and not extra.no_asha:
+            raise StudyError(f"--set eval_every={over['eval_every']}: the search's ASHA compares the objective "
+                             f"after every epoch; drop the --set or pass --no-asha")
         base = make_config(args.dataset, **{"eval_every": 1, **over, "seed": seeds[0]})
         from .runner.search import searched_names
         fixed = sorted(set(args.overrides) & searched_names(base))

@@ -2,7 +2,7 @@
 
     trial = Trial.from_config(make_config("digits"))
     for metrics in trial:          # one dict per epoch
-        print(metrics["acc"])
+        print(metrics["loss"], metrics.get("acc"))   # acc: at evaluations (every eval_every epochs, the last)
     state = trial.state_dict()     # checkpoint; Trial.from_config(cfg).load_state_dict(state) resumes
 
 The whole dataset sits on the trial's device as uint8; augmentation, mixing and labels are
@@ -11,10 +11,11 @@ numerics), bf16 autocast or TF32 on request (losses fp32).
 
 Diagnostics (labels for analysis only; they draw nothing from the training streams and leave
 BatchNorm's statistics as they were): at the start, the backbone's k-means ACC and the
-labeler's pair precision / recall on a fixed sample (:meth:`Trial.backbone_diagnostics`); after
-every epoch, the labeler's pair precision / recall and fraction of positive pairs on that sample,
-their agreement with fp32's pairs when the trial runs in another precision, and, at evaluations,
-the number of non-empty clusters and the entropy of their sizes.
+labeler's pair precision / recall on a fixed sample (:meth:`Trial.backbone_diagnostics`); with
+every evaluation (every ``eval_every`` epochs and the last), the labeler's pair precision /
+recall and fraction of positive pairs on that sample, their agreement with fp32's pairs when
+the trial runs in another precision, the number of non-empty clusters and the entropy of their
+sizes.
 """
 from __future__ import annotations
 

@@ -11,7 +11,8 @@
 The config holds any :class:`lsdc.config.TrialConfig` field or registered parameter (``lr``,
 ``labeler``, ``knn_k``, ...) plus ``dataset`` (default ``digits``, the embedded dataset that runs
 anywhere); the dataset's preset (supplement Table 1) fills the rest. Any other key is an error
-that names it. Each epoch reports ``acc``, ``nmi``, ``ari``, ``loss``, ``label_free`` (the
+that names it. Each epoch reports (``eval_every`` is 1 here unless the config sets it) ``acc``,
+``nmi``, ``ari``, ``loss``, ``label_free`` (the
 label-free score: augmentation stability x cluster balance), ``stability``, ``balance``,
 ``epoch``, ``trial_done`` and ``trial_key``; the trial checkpoints (every tenth of its epochs and
 at the end) and resumes from Tune's checkpoint.
@@ -65,7 +66,9 @@ def planned_from_config(config: dict[str, Any], env: Env, study: str = "tune", d
     the config; ``precision`` resolved for where it runs, the data fingerprinted."""
     config = dict(config)
     dataset = config.pop("dataset", DEFAULT_DATASET)
-    cfg = make_config(dataset, **config)
+    # a user's scheduler or searcher reads the metrics of every epoch: evaluate every epoch
+    # unless the config says otherwise (digits' preset evaluates every 5)
+    cfg = make_config(dataset, **{"eval_every": 1, **config})
     if device_type is None:
         from .runtime import resolve_device
         device_type = resolve_device(cfg.device).type

@@ -172,13 +172,16 @@ def _run_pretraining(study: Study, pending: list[Planned], args: StudyArgs, stor
 
 def pretrain_cpus(cpus_per_trial: float, gpus: float, backbones: int) -> float:
     """CPUs for each pretraining task. The trials wait for every backbone, so on a cluster
-    without GPUs the backbones share its CPUs (as many as one node holds at most) instead of
-    leaving all but ``cpus_per_trial`` of them idle; with GPUs, the trial's own request."""
+    without GPUs the backbones share its free CPUs instead of leaving all but
+    ``cpus_per_trial`` of them idle: the largest equal share for which the nodes can run every
+    task at once (never less than a trial's request); with GPUs, the trial's own request."""
     if gpus or backbones < 1:
         return cpus_per_trial
-    nodes = [n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")]
-    share = int(ray.cluster_resources().get("CPU", 0) // backbones)
-    return max(cpus_per_trial, min(max(nodes, default=0), share))
+    nodes = [int(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n.get("Alive")]
+    c = int(min(sum(nodes), ray.available_resources().get("CPU", 0)) // backbones)
+    while c > cpus_per_trial and sum(n // c for n in nodes) < backbones:
+        c -= 1
+    return max(cpus_per_trial, c)
 
 
 def _run_kmeans(study: Study, jobs: list[Planned], args: StudyArgs, storage: Storage, res) -> None:

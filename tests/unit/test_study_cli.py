@@ -130,3 +130,33 @@ def test_workers_get_the_plugins_and_the_drivers_test_hooks_only(monkeypatch):
     monkeypatch.setenv("LSDC_FAULT_ENOSPC", "")                  # empty: not set
     monkeypatch.setenv("LSDC_PLUGINS", "b")
     assert worker_env(SimpleNamespace(plugins=["a", "b"])) == {"LSDC_PLUGINS": "a,b", "LSDC_FAULT": "mid-epoch"}
+
+
+def test_pretraining_cpus_fit_the_nodes_and_the_free_cpus(monkeypatch):
+    """Uneven nodes (8 and 2 CPUs): two backbones get 4 CPUs each (both fit on the 8-CPU node
+    at once; 5 each would run them one after the other); busy CPUs are not asked for."""
+    import lsdc.runner.orchestrate as orch
+    nodes = [{"Alive": True, "Resources": {"CPU": 8.0}}, {"Alive": True, "Resources": {"CPU": 2.0}},
+             {"Alive": False, "Resources": {"CPU": 64.0}}]
+    free = {"CPU": 10.0}
+    monkeypatch.setattr(orch.ray, "nodes", lambda: nodes)
+    monkeypatch.setattr(orch.ray, "available_resources", lambda: free)
+    assert orch.pretrain_cpus(1, 0, 2) == 4 and orch.pretrain_cpus(1, 0, 1) == 8
+    assert orch.pretrain_cpus(1, 0, 20) == 1 and orch.pretrain_cpus(2, 0, 20) == 2
+    assert orch.pretrain_cpus(1, 0.25, 1) == 1
+    free["CPU"] = 3.0
+    assert orch.pretrain_cpus(1, 0, 1) == 3
+
+
+def test_searchers_that_read_every_epoch_refuse_a_sparser_evaluation(capsys):
+    """--searcher optuna (Tune checks each report for ACC) and the search's ASHA compare
+    metrics after every epoch: eval_every > 1 is refused in one line, before anything runs."""
+    assert main(BATCH_SIZE, ["--dataset", "digits", "--searcher", "optuna", "--set", "eval_every=5", "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "eval_every=5" in err[0] and "--searcher optuna" in err[0]
+    assert parse_args(BATCH_SIZE, ["--dataset", "digits", "--searcher", "optuna"]).overrides["eval_every"] == 1
+    assert "eval_every" not in parse_args(BATCH_SIZE, ["--dataset", "digits"]).overrides
+    assert search_main(["--dataset", "digits", "--set", "eval_every=5", "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "ASHA" in err[0]
+    assert search_main(["--dataset", "digits", "--set", "eval_every=5", "--no-asha", "--dry-run"]) == 0
