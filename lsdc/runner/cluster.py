@@ -92,12 +92,18 @@ class RayHandle:
                 self.session_dir = None
 
     def close(self) -> None:
-        """Shut down what this handle started (nothing if Ray was the caller's)."""
+        """Shut down what this handle started (nothing if Ray was the caller's). For a local
+        cluster, wait until its processes (GCS, raylet, agents, workers) have exited, so that
+        a run that returned has left none behind; ``ray.shutdown`` stops the raylet and GCS but
+        lets the workers and agents notice on their own, which can take seconds on a busy
+        machine."""
         import shutil
         if not self.owned:
             return
+        started = ray_processes() if self.session_dir else {}
         if ray.is_initialized():
             ray.shutdown()
+        reap(started)
         session = self.session_dir
         if session and os.path.basename(session).startswith("session_") and os.path.isdir(session):
             shutil.rmtree(session, ignore_errors=True)
@@ -107,6 +113,89 @@ class RayHandle:
                     os.remove(latest)
                 except OSError:
                     pass
+
+
+def _start_time(pid: int) -> str | None:
+    """The start time of a process (Linux ``/proc``), to tell it from a later one with its pid."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def descendants(pid: int) -> dict[int, str]:
+    """Children, grandchildren, ... of ``pid`` with their start times (empty where there is no
+    ``/proc``)."""
+    parent: dict[int, int] = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return {}
+    for e in entries:
+        if e.isdigit():
+            try:
+                with open(f"/proc/{e}/stat") as f:
+                    parent[int(e)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {c for c, p in parent.items() if p in frontier and c not in found}
+        found |= frontier
+    out = {}
+    for c in found:
+        t = _start_time(c)
+        if t is not None:
+            out[c] = t
+    return out
+
+
+def reap(procs: dict[int, str], timeout: float = 10.0) -> None:
+    """Wait up to ``timeout`` seconds for ``procs`` (pid -> start time) to exit, then SIGKILL
+    those still there (the same processes, by start time)."""
+    import signal
+
+    def alive() -> list[int]:
+        return [p for p, t in procs.items() if _start_time(p) == t and not _exited(p)]
+    deadline = time.monotonic() + timeout
+    left = alive()
+    while left and time.monotonic() < deadline:
+        time.sleep(0.05)
+        left = alive()
+    for p in left:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def _exited(pid: int) -> bool:
+    """True once ``pid`` is gone or a zombie (exited, waiting for its parent)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def ray_processes() -> dict[int, str]:
+    """The processes of the local Ray node this process started (GCS, raylet, agents, log
+    monitor) and all their descendants (workers), pid -> start time. Empty where there is no
+    such node or no ``/proc``."""
+    try:
+        node = ray._private.worker._global_node
+        roots = [info.process.pid for infos in node.all_processes.values() for info in infos
+                 if info.process is not None]
+    except Exception:
+        return {}
+    out = {}
+    for r in roots:
+        t = _start_time(r)
+        if t is not None:
+            out[r] = t
+        out.update(descendants(r))
+    return out
 
 
 def check_resources(gpus_per_trial: float, cpus_per_trial: float) -> None:

@@ -150,6 +150,30 @@ def test_ctrl_c_stops_cleanly_says_how_to_resume_and_leaves_no_ray_processes(tmp
     assert ray_pids() - before == set()
 
 
+def test_reap_waits_for_exiting_processes_and_kills_stragglers():
+    """What RayHandle.close does after ray.shutdown: a process that exits on its own within the
+    wait is left to exit; one still there at the deadline is killed; a pid whose start time
+    differs (a new process reusing it) is not touched."""
+    from lsdc.runner.cluster import _start_time, reap
+    quick = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.5)"])
+    stuck = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        procs = {p.pid: _start_time(p.pid) for p in (quick, stuck)}
+        procs[other.pid] = "0"       # not the process that was recorded under this pid
+        t0 = time.monotonic()
+        reap(procs, timeout=3.0)
+        took = time.monotonic() - t0
+        assert quick.wait(5) == 0                        # exited by itself
+        assert stuck.wait(5) == -signal.SIGKILL          # killed at the deadline
+        assert 2.9 < took < 10
+        assert other.poll() is None                      # left alone
+    finally:
+        for p in (quick, stuck, other):
+            p.kill()
+            p.wait()
+
+
 @pytest.mark.exclusive    # counts Ray's processes on the machine: no other Ray test beside it
 def test_normal_exit_leaves_no_ray_processes_nor_session_folder(tmp_path):
     import glob
