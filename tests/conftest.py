@@ -14,6 +14,13 @@ def env(tmp_path_factory):
     return Env(data_root=str(root / "data"), cache_dir=str(root / "cache"))
 
 
+@pytest.fixture(scope="session")
+def debug_store(tmp_path_factory):
+    """One storage for the session's ``--debug`` runs: they write no records, and the backbone
+    of the debug preset (the same for most studies) is pretrained once, not once per test."""
+    return str(tmp_path_factory.mktemp("debug-store"))
+
+
 def tiny(**overrides):
     """A digits config that trains in a second or two on a laptop CPU."""
     base = dict(epochs=2, pretrain_epochs=1, width=0.125, batch_size=64, device="cpu")

@@ -101,9 +101,11 @@ class RayHandle:
         if not self.owned:
             return
         started = ray_processes() if self.session_dir else {}
-        if ray.is_initialized():
-            ray.shutdown()
-        reap(started)
+        try:
+            if ray.is_initialized():
+                ray.shutdown()
+        finally:
+            reap(started)
         session = self.session_dir
         if session and os.path.basename(session).startswith("session_") and os.path.isdir(session):
             shutil.rmtree(session, ignore_errors=True)
@@ -124,9 +126,9 @@ def _start_time(pid: int) -> str | None:
         return None
 
 
-def descendants(pid: int) -> dict[int, str]:
-    """Children, grandchildren, ... of ``pid`` with their start times (empty where there is no
-    ``/proc``)."""
+def descendants(*roots: int) -> dict[int, str]:
+    """Children, grandchildren, ... of the ``roots`` with their start times (empty where there
+    is no ``/proc``)."""
     parent: dict[int, int] = {}
     try:
         entries = os.listdir("/proc")
@@ -139,7 +141,7 @@ def descendants(pid: int) -> dict[int, str]:
                     parent[int(e)] = int(f.read().rsplit(")", 1)[1].split()[1])
             except (OSError, IndexError, ValueError):
                 continue
-    found, frontier = set(), {pid}
+    found, frontier = set(), set(roots)
     while frontier:
         frontier = {c for c, p in parent.items() if p in frontier and c not in found}
         found |= frontier
@@ -189,12 +191,8 @@ def ray_processes() -> dict[int, str]:
                  if info.process is not None]
     except Exception:
         return {}
-    out = {}
-    for r in roots:
-        t = _start_time(r)
-        if t is not None:
-            out[r] = t
-        out.update(descendants(r))
+    out = {r: t for r in roots if (t := _start_time(r)) is not None}
+    out.update(descendants(*roots))
     return out
 
 

@@ -34,6 +34,14 @@ def ray_pids() -> set[int]:
     return out
 
 
+def cmdline(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ")
+    except OSError:
+        return b""
+
+
 def children(pid: int) -> set[int]:
     kids = set()
     for p in os.listdir("/proc"):
@@ -99,10 +107,10 @@ def kill_group(proc):
         pass
 
 
-def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path, shared_address):
+def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path, shared_address, join, capsys):
     storage = str(tmp_path / "res")
-    args = ("--epochs", "10", "--seeds", "0", "--set", "pretrain=none", "--address", shared_address)
-    proc = start(storage, *args)
+    args = ("--epochs", "10", "--seeds", "0", "--set", "pretrain=none")
+    proc = start(storage, *args, "--address", shared_address)
     try:
         wait_for(lambda: len(records_of(storage)) >= 1 and checkpointed_unfinished(storage, 3), 240,
                  "a finished trial and a checkpointed unfinished one")
@@ -112,10 +120,13 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path, share
         kill_group(proc)                                  # Ray's orphaned agents of the killed session
     before = {k: r["finished_at"] for k, r in records_of(storage).items()}
     assert 1 <= len(before) < 3
-    rerun = subprocess.run([sys.executable, FAULT_STUDY, "--storage", storage, *args], capture_output=True,
-                           text=True, timeout=400)
-    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
-    assert "continue from their lsdc checkpoints" in rerun.stdout
+    sys.path.insert(0, HERE)
+    from fault_study import ARGS, STUDY
+    join()                                                # the same command again, here in-process
+    code = main(STUDY, ARGS + ["--storage", storage, *args])
+    out = capsys.readouterr().out
+    assert code == 0, out[-3000:]
+    assert "continue from their lsdc checkpoints" in out
     recs = records_of(storage)
     assert len(recs) == 3                                 # every trial, once
     for k, t in before.items():
@@ -155,18 +166,22 @@ def test_reap_waits_for_exiting_processes_and_kills_stragglers():
     wait is left to exit; one still there at the deadline is killed; a pid whose start time
     differs (a new process reusing it) is not touched."""
     from lsdc.runner.cluster import _start_time, reap
-    quick = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.5)"])
-    stuck = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    gone = subprocess.Popen(["sleep", "0.2"])
+    t0 = time.monotonic()
+    reap({gone.pid: _start_time(gone.pid)}, timeout=30.0)   # exited (a zombie until waited for): no wait to the end
+    assert time.monotonic() - t0 < 15 and gone.wait(5) == 0
+    quick = subprocess.Popen(["sleep", "0.2"])
+    stuck = subprocess.Popen(["sleep", "60"])
+    other = subprocess.Popen(["sleep", "60"])
     try:
         procs = {p.pid: _start_time(p.pid) for p in (quick, stuck)}
         procs[other.pid] = "0"       # not the process that was recorded under this pid
         t0 = time.monotonic()
-        reap(procs, timeout=3.0)
+        reap(procs, timeout=5.0)
         took = time.monotonic() - t0
         assert quick.wait(5) == 0                        # exited by itself
         assert stuck.wait(5) == -signal.SIGKILL          # killed at the deadline
-        assert 2.9 < took < 10
+        assert 4.9 < took < 15
         assert other.poll() is None                      # left alone
     finally:
         for p in (quick, stuck, other):
@@ -175,13 +190,24 @@ def test_reap_waits_for_exiting_processes_and_kills_stragglers():
 
 
 @pytest.mark.exclusive    # counts Ray's processes on the machine: no other Ray test beside it
-def test_normal_exit_leaves_no_ray_processes_nor_session_folder(tmp_path):
+def test_normal_exit_leaves_no_ray_processes_nor_session_folder(tmp_path, monkeypatch):
     import glob
     sessions = set(glob.glob("/tmp/ray/session_2*"))
     before = ray_pids()
+    from lsdc.runner import cluster
+    seen = []
+    real = cluster.ray_processes
+
+    def spy():                                     # what close() will wait for, with command lines
+        procs = real()
+        seen.append([cmdline(p) for p in procs])
+        return procs
+    monkeypatch.setattr(cluster, "ray_processes", spy)
     assert main(Study(name="clean", title="t", variants=(Variant("a"),)),
-                TINY + ["--epochs", "1", "--seeds", "0", "--storage", str(tmp_path)]) == 0
-    time.sleep(1)
+                TINY + ["--epochs", "1", "--seeds", "0", "--set", "pretrain=none", "--storage", str(tmp_path)]) == 0
+    assert len(seen) == 1
+    assert any(b"gcs_server" in c for c in seen[0]) and any(b"raylet" in c for c in seen[0]), seen
+    assert any(c.startswith(b"ray::") for c in seen[0]), seen       # the workers too
     assert ray_pids() - before == set()
     assert set(glob.glob("/tmp/ray/session_2*")) - sessions == set()     # lsdc's local cluster: removed
 
@@ -367,8 +393,8 @@ def plant_pickles(root, marker):
         f.write('{"restarts": 0, "epoch": 1}')
 
 
-@pytest.mark.timeout(1200)   # several study runs, each a fresh Ray
-def test_planted_pickles_never_execute_and_bad_records_are_quarantined(tmp_path, shared_address):
+@pytest.mark.timeout(1200)   # several study runs
+def test_planted_pickles_never_execute_and_bad_records_are_quarantined(tmp_path, joined, capsys):
     """Finding 1 (code execution from the storage) and 2 (records trusted by file name), on one
     storage: a first run with pickles planted everywhere a restore would look, then a re-run
     after a record was truncated and another copied over a third's file."""
@@ -380,7 +406,7 @@ def test_planted_pickles_never_execute_and_bad_records_are_quarantined(tmp_path,
     sys.path.insert(0, HERE)
     from fault_study import ARGS, STUDY
     storage, marker = str(tmp_path / "res"), tmp_path / "pwned"
-    argv = ("--epochs", "2", "--seeds", "0", "--address", shared_address)
+    argv = ["--epochs", "2", "--seeds", "0"]          # in-process, on the shared cluster
     args = parse_args(STUDY, ARGS + ["--storage", storage, *argv])
     planned = plan(STUDY, args.dataset, args.seeds, args.overrides, [], args.env, planned_device_type(args))
     name = experiment_name(STUDY, planned)
@@ -396,10 +422,9 @@ def test_planted_pickles_never_execute_and_bad_records_are_quarantined(tmp_path,
     bb = backbone_path(p.cfg, storage, p.fingerprint)  # a pickled cached backbone
     os.makedirs(os.path.dirname(bb))
     torch.save({"state_dict": Evil(marker), "meta": {}}, bb)
-    run = subprocess.run([sys.executable, FAULT_STUDY, "--storage", storage, *argv], capture_output=True,
-                         text=True, timeout=600)
-    out = run.stdout + run.stderr
-    assert run.returncode == 0, out[-4000:]
+    code = main(STUDY, ARGS + ["--storage", storage, *argv])
+    out = "".join(capsys.readouterr())
+    assert code == 0, out[-4000:]
     assert not marker.exists()
     assert "warning: backbone checkpoint" in out and "pretraining it again" in out
     recs = records_of(storage)
@@ -412,10 +437,9 @@ def test_planted_pickles_never_execute_and_bad_records_are_quarantined(tmp_path,
         f.truncate(300)
     with open(os.path.join(rdir, keys[1] + ".json"), "w") as f:
         json.dump(recs[keys[2]], f)
-    run = subprocess.run([sys.executable, FAULT_STUDY, "--storage", storage, *argv], capture_output=True,
-                         text=True, timeout=600)
-    out = run.stdout + run.stderr
-    assert run.returncode == 0, out[-4000:]
+    code = main(STUDY, ARGS + ["--storage", storage, *argv])
+    out = "".join(capsys.readouterr())
+    assert code == 0, out[-4000:]
     assert "nothing to do" not in out and out.count("quarantined record") == 2, out[-3000:]
     assert len(os.listdir(os.path.join(storage, "faults", "quarantine"))) == 2
     after = records_of(storage)

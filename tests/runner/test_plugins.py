@@ -15,7 +15,7 @@ def test_plugin_labeler_runs_in_ray_workers(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(HERE)
     study = Study(name="plugged", title="a plugin labeler", variants=(Variant("toy", {"labeler": "toy_dot"}),))
     storage = str(tmp_path / "store")
-    argv = ["--dataset", "digits", "--epochs", "2", "--pretrain-epochs", "1", "--set", "width=0.125",
+    argv = ["--dataset", "digits", "--epochs", "2", "--set", "pretrain=none", "--set", "width=0.125",
             "--set", "batch_size=256", "--quiet", "--seeds", "0", "--storage", storage, "--plugin", "toy_plugin"]
     try:
         assert main(study, argv) == 0

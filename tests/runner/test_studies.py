@@ -18,16 +18,19 @@ TINY = ["--dataset", "digits", "--epochs", "2", "--pretrain-epochs", "1", "--set
 
 
 @pytest.mark.parametrize("name", sorted(STUDIES))
-def test_each_study_debug_mode(name, tmp_path, capsys):
-    assert main(STUDIES[name], ["--debug", "--storage", str(tmp_path)]) == 0
-    assert "[debug]" in capsys.readouterr().out
+def test_each_study_debug_mode(name, debug_store, capsys):
+    study = STUDIES[name]
+    assert main(study, ["--debug", "--epochs", "1", "--storage", debug_store]) == 0
+    out = capsys.readouterr().out
+    assert f"[debug] {name}: variant {study.variants[study.debug_variant].label!r}" in out
+    assert "[debug] done in" in out or "[debug] k-means acc" in out
 
 
-def test_study_scripts_are_thin_and_runnable(tmp_path):
+def test_study_scripts_are_thin_and_runnable(debug_store):
     scripts = sorted(f for f in os.listdir(os.path.join(ROOT, "studies")) if f.endswith(".py"))
     assert set(scripts) >= {f"{n}.py" for n in STUDIES} | {"search.py"}
     out = subprocess.run([sys.executable, os.path.join(ROOT, "studies", "block_depth.py"), "--debug",
-                          "--storage", str(tmp_path)], capture_output=True, text=True, timeout=120)
+                          "--storage", debug_store], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "[debug] done in" in out.stdout
     helped = subprocess.run([sys.executable, os.path.join(ROOT, "studies", "mixing.py"), "--help"],
                             capture_output=True, text=True, timeout=60)
@@ -41,6 +44,9 @@ def test_table2_on_digits_with_kmeans_baseline_and_figure1(joined, tmp_path):
     assert main(STUDIES["losses"], TINY + ["--seeds", "0", "--storage", storage]) == 0
     recs, bad = read_records(Storage(storage), ["losses"])
     assert not bad and sorted(r["variant"] for r in recs) == ["K-means", "Ours (kNN)", "w/ non-lin.", "w/o MSE"]
+    # one backbone pretrained (a Ray task) for the k-means baseline and the three trials, in the storage
+    assert len([f for f in os.listdir(os.path.join(storage, "backbones")) if f.endswith(".pt")]) == 1
+    assert len({r["backbone"]["file"] for r in recs if r["kind"] == "trial"}) == 1
     km = next(r for r in recs if r["kind"] == "kmeans")
     assert 0 < km["final"]["acc"] <= 1 and km["key"].startswith("km-")
     assert next(r for r in recs if r["variant"] == "w/o MSE")["config"]["use_mse"] is False
@@ -53,7 +59,7 @@ def test_table2_on_digits_with_kmeans_baseline_and_figure1(joined, tmp_path):
 
 def test_search_completes_and_resumes(joined, tmp_path, capsys):
     storage = str(tmp_path / "res")
-    args = ["--dataset", "digits", "--epochs", "3", "--pretrain-epochs", "1", "--set", "width=0.125",
+    args = ["--dataset", "digits", "--epochs", "3", "--set", "pretrain=none", "--set", "width=0.125",
             "--set", "batch_size=256", "--max-concurrent", "2", "--storage", storage, "--quiet",
             "--objective", "label_free"]
     assert search_main(args + ["--trials", "4"]) == 0

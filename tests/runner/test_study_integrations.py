@@ -11,8 +11,8 @@ from lsdc.storage import Storage
 from lsdc.studies import STUDIES
 from lsdc.study import Study, Variant, main, search_main
 
-TINY = ["--dataset", "digits", "--epochs", "2", "--pretrain-epochs", "1", "--set", "width=0.125",
-        "--set", "batch_size=256", "--quiet"]
+TINY = ["--dataset", "digits", "--epochs", "2", "--set", "pretrain=none", "--set", "width=0.125",
+        "--set", "batch_size=256", "--quiet"]       # pretraining through Ray: the smoke test below
 TWO_CELLS = Study(name="two", title="two cells", variants=(Variant("a", {"labeler": "knn"}),
                                                             Variant("b", {"labeler": "cosine"})))
 
@@ -33,7 +33,7 @@ def test_search_in_sqlite_with_user_attributes_and_seeds_averaged(joined, tmp_pa
     import optuna
     storage, db = str(tmp_path / "res"), tmp_path / "optuna.db"
     url = f"sqlite:///{db}"
-    assert search_main(["--dataset", "digits", "--epochs", "2", "--pretrain-epochs", "1", "--set", "width=0.125",
+    assert search_main(["--dataset", "digits", "--epochs", "2", "--set", "pretrain=none", "--set", "width=0.125",
                         "--set", "batch_size=256", "--quiet", "--storage", storage, "--trials", "2", "--no-asha",
                         "--max-concurrent", "2", "--seeds", "0,1", "--optuna-storage", url, "--sampler", "random"]) == 0
     out = capsys.readouterr().out

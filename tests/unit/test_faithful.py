@@ -209,15 +209,13 @@ def test_fp32_trial_agrees_with_itself():
     assert m["pair_flip_frac"] == 0.0 and m["pos_agreement"] == 1.0
 
 
-@pytest.mark.pipeline
-def test_precision_study_debug_runs_on_cpu(tmp_path, capsys):
+def test_precision_study_variants_and_debug_variant():
+    """fp32 / TF32 / bf16, and --debug runs bf16 (autocast on the CPU): its run is
+    tests/runner/test_studies.py::test_each_study_debug_mode[precision]."""
     from lsdc.studies import PRECISION, STUDIES
-    from lsdc.study import main
     assert STUDIES["precision"] is PRECISION and [v.overrides["precision"] for v in PRECISION.variants] == \
         ["fp32", "tf32", "bf16"]
-    assert main(PRECISION, ["--debug", "--epochs", "1", "--pretrain-epochs", "1", "--storage", str(tmp_path)]) == 0
-    out = capsys.readouterr().out
-    assert "variant 'bf16'" in out and "[debug] done in" in out
+    assert PRECISION.variants[PRECISION.debug_variant].label == "bf16"
 
 
 # ------------------------------------------------------------------------------ mnist-cpu

@@ -42,11 +42,12 @@ def test_toy_labeler_validates_from_presets_and_overrides(registered):
 
 
 @pytest.mark.pipeline
-def test_toy_labeler_runs_a_debug_trial_and_plans_a_study(registered, tmp_path, capsys):
+def test_toy_labeler_runs_a_debug_trial_and_plans_a_study(registered, debug_store, capsys):
     study = Study(name="toy_study", title="toy", variants=(Variant("toy", {"labeler": "toy"}),
                                                             Variant("kNN", {"labeler": "knn"})))
-    assert main(study, ["--debug", "--storage", str(tmp_path)]) == 0
-    assert "[debug] done in" in capsys.readouterr().out
+    assert main(study, ["--debug", "--epochs", "1", "--storage", debug_store]) == 0
+    out = capsys.readouterr().out
+    assert "variant 'toy'" in out and "[debug] done in" in out
     planned = plan(study, "digits", seeds=[0, 1])
     assert [p.cfg.labeler for p in planned] == ["toy", "toy", "knn", "knn"]
     assert len({p.key for p in planned}) == 4
