@@ -21,10 +21,13 @@ the process exit with status 137 (as if killed) at that named point: ``record-wr
 backbone: after the temporary file is written, before the rename), ``mid-epoch`` (in a trial,
 after its first epoch), ``journal-write`` (the search: half of a line appended to Optuna's
 journal). ``LSDC_FAULT_ONCE=<folder>`` makes each point fire once (a file per point there).
-``LSDC_FAULT_ENOSPC=<file>``: while that file exists, storage writes fail with ENOSPC.
+``LSDC_FAULT_ENOSPC=<file>``: while that file exists, storage writes fail with ENOSPC. A run
+sends the hooks set in its driver with its work (trials, pretraining, k-means) to the workers,
+on any cluster, also one that the caller initialized.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import math
@@ -32,13 +35,39 @@ import os
 import posixpath
 import shutil
 import uuid
-from typing import Any
+from typing import Any, Iterator
 
 import pyarrow.fs as pafs
 
 
 class StorageError(ValueError):
     """A storage location that cannot be used; the message names it and why."""
+
+
+TEST_HOOKS = ("LSDC_FAULT", "LSDC_FAULT_ONCE", "LSDC_FAULT_ENOSPC")
+
+
+def active_hooks() -> dict[str, str]:
+    """The test hooks set in this process's environment (sent with a run's work to its workers)."""
+    return {k: os.environ[k] for k in TEST_HOOKS if os.environ.get(k)}
+
+
+@contextlib.contextmanager
+def hooks_applied(hooks: dict[str, str] | None) -> Iterator[None]:
+    """Inside a worker: the driver's test hooks in the environment for the duration of one piece
+    of work (a trial, a pretraining, a k-means), then the environment as it was: a worker that
+    Ray reuses for another run does not keep them."""
+    hooks = {k: v for k, v in (hooks or {}).items() if k in TEST_HOOKS}
+    saved = {k: os.environ.get(k) for k in hooks}
+    os.environ.update(hooks)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def fault_armed(point: str) -> bool:

@@ -12,6 +12,7 @@ from typing import Iterator
 import ray
 
 from ..planning import StudyError
+from ..storage import TEST_HOOKS
 
 # Ray's settings for the processes lsdc starts: no usage statistics, the classic (terse)
 # output engine, no nagging about checkpoint syncing.
@@ -79,9 +80,11 @@ class RayHandle:
             if address:
                 print(f"note: Ray was initialized by the calling process, and lsdc uses that connection; "
                       f"--address {address} is not used", flush=True)
-            if env_vars:
+            # lsdc's test hooks travel with the work itself (lsdc.storage.hooks_applied)
+            shown = {k: v for k, v in (env_vars or {}).items() if k not in TEST_HOOKS}
+            if shown:
                 print(f"note: Ray was initialized by the calling process, and lsdc uses it as it is: its "
-                      f"runtime_env must set {', '.join(f'{k}={v}' for k, v in env_vars.items())} for lsdc's "
+                      f"runtime_env must set {', '.join(f'{k}={v}' for k, v in shown.items())} for lsdc's "
                       f"workers to see them", flush=True)
             return
         self.seconds = init_ray(address, num_cpus, dashboard, env_vars)

@@ -16,7 +16,7 @@ from ray import tune
 
 from ..planning import Planned, Study, StudyArgs, dataset_tag
 from ..records import done_keys, quarantine, reuse_records
-from ..storage import Storage
+from ..storage import Storage, active_hooks
 from .callbacks import make_callbacks
 from .cluster import RayHandle, check_resources, default_gpus_per_trial, ray_env, remote
 from .progress import Progress
@@ -46,7 +46,6 @@ def preflight(planned: list[Planned], args: StudyArgs, storage: Storage) -> None
 
 # lsdc's test hooks (``lsdc.storage``): set in the driver's environment, they reach the trials
 # of this run on any cluster, also one that was started before (a shared test cluster)
-TEST_HOOKS = ("LSDC_FAULT", "LSDC_FAULT_ONCE", "LSDC_FAULT_ENOSPC")
 
 
 def worker_env(args: StudyArgs) -> dict[str, str]:
@@ -54,7 +53,7 @@ def worker_env(args: StudyArgs) -> dict[str, str]:
     lsdc's test hooks where the driver has them set."""
     names = [*args.plugins, *[n for n in os.environ.get("LSDC_PLUGINS", "").split(",") if n.strip()]]
     env = {"LSDC_PLUGINS": ",".join(dict.fromkeys(names))} if names else {}
-    env.update({k: os.environ[k] for k in TEST_HOOKS if os.environ.get(k)})
+    env.update(active_hooks())
     return env
 
 
@@ -161,7 +160,7 @@ def _run_pretraining(study: Study, pending: list[Planned], args: StudyArgs, stor
     print(f"[{study.name}] pretraining {len(todo)} backbone(s) ({', '.join(sorted({p.cfg.pretrain for p in todo.values()}))})"
           f", one Ray task each" + (f" on {cpus:g} CPUs" if cpus != res["num_cpus"] else ""), flush=True)
     task = remote(pretrain_task, cpus, res["num_gpus"])
-    refs = [task.remote(p.to_dict(), args.env.to_dict(), storage.uri) for p in todo.values()]
+    refs = [task.remote(p.to_dict(), args.env.to_dict(), storage.uri, active_hooks()) for p in todo.values()]
     t0 = time.perf_counter()
     while refs:
         ready, refs = ray.wait(refs, num_returns=1)
@@ -188,7 +187,7 @@ def _run_kmeans(study: Study, jobs: list[Planned], args: StudyArgs, storage: Sto
     if not jobs:
         return
     task = remote(kmeans_task, res["num_cpus"], res["num_gpus"])
-    refs = [task.remote(p.to_dict(), args.env.to_dict(), storage.uri) for p in jobs]
+    refs = [task.remote(p.to_dict(), args.env.to_dict(), storage.uri, active_hooks()) for p in jobs]
     ray.get(refs)
     print(f"[{study.name}] k-means baselines: {len(jobs)} done", flush=True)
 
@@ -206,7 +205,7 @@ def _run_trials(study: Study, planned: list[Planned], trials: list[Planned], don
     elif args.resume:
         print(f"[{study.name}] --resume: no interrupted trial of this study in the storage; starting it")
     common = {"env": args.env.to_dict(), "storage": storage.uri, "checkpoint_every": args.checkpoint_every,
-              "plugins": list(args.plugins)}
+              "plugins": list(args.plugins), **({"hooks": active_hooks()} if active_hooks() else {})}
     progress = Progress(study.name, len(planned), done_outside, quiet=args.quiet, t_start=t_wall)
     if args.searcher == "optuna":
         space, searcher = None, _grid_searcher(study, planned, trials, common, args, storage)

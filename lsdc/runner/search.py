@@ -28,7 +28,7 @@ from .. import data as data_mod
 from ..config import SEARCH_CORE, Env, TrialConfig, settable_names
 from ..planning import Planned, StudyArgs, StudyError, resolve
 from ..registry import load_plugins
-from ..storage import Storage
+from ..storage import Storage, active_hooks, hooks_applied
 from .callbacks import make_callbacks
 from .cluster import RayHandle, check_resources, default_gpus_per_trial, ray_env, remote
 from .progress import Progress
@@ -129,12 +129,13 @@ def search_trainable(config: dict[str, Any], fixed: dict[str, Any]) -> None:
     seeds = fixed.get("seeds") or [cfg.seed]
     ps = [Planned("search", fixed["name"], "", "trial", cfg.replace(seed=s), fixed["fingerprint"], fixed["device_type"])
           for s in seeds]
-    if len(ps) == 1:
-        run_tune_trial(ps[0], Env(**fixed["env"]), Storage(fixed["storage"]), fixed.get("checkpoint_every"),
-                       objective=fixed["objective"])
-    else:
-        run_seed_group(ps, Env(**fixed["env"]), Storage(fixed["storage"]), fixed.get("checkpoint_every"),
-                       objective=fixed["objective"])
+    with hooks_applied(fixed.get("hooks")):
+        if len(ps) == 1:
+            run_tune_trial(ps[0], Env(**fixed["env"]), Storage(fixed["storage"]), fixed.get("checkpoint_every"),
+                           objective=fixed["objective"])
+        else:
+            run_seed_group(ps, Env(**fixed["env"]), Storage(fixed["storage"]), fixed.get("checkpoint_every"),
+                           objective=fixed["objective"])
 
 
 MEAN_KEYS = ("loss", "acc", "nmi", "ari", "label_free", "stability", "balance", "confident_frac", "confident_acc")
@@ -233,6 +234,7 @@ def _run_search(base: TrialConfig, args: StudyArgs, n_trials: int, objective: st
     name += sampler_tag
     t_start = time.perf_counter()
     interrupted = False
+    failed = 0
     from .orchestrate import worker_env
     handle = None
     try:
@@ -262,13 +264,14 @@ def _run_search(base: TrialConfig, args: StudyArgs, n_trials: int, objective: st
               f"seeds {list(seeds)}, Optuna storage {where}", flush=True)
         fixed = {"base": base.to_dict(), "env": args.env.to_dict(), "storage": storage.uri, "name": name,
                  "objective": objective, "checkpoint_every": args.checkpoint_every, "fingerprint": fingerprint,
-                 "device_type": device_type, "plugins": list(args.plugins), "seeds": list(seeds)}
+                 "device_type": device_type, "plugins": list(args.plugins), "seeds": list(seeds),
+                 "hooks": active_hooks()}
         trainable = tune.with_resources(tune.with_parameters(search_trainable, fixed=fixed),
                                         {"cpu": args.cpus_per_trial, "gpu": gpus})
         if base.pretrain != "none":
             planned = Planned("search", name, "", "trial", base, fingerprint, device_type)
             ray.get(remote(pretrain_task, args.cpus_per_trial, gpus).remote(
-                planned.to_dict(), args.env.to_dict(), storage.uri))
+                planned.to_dict(), args.env.to_dict(), storage.uri, active_hooks()))
         while not interrupted:
             done = sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
             if done >= n_trials:
@@ -301,6 +304,7 @@ def _run_search(base: TrialConfig, args: StudyArgs, n_trials: int, objective: st
             now = sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
             if errors or now == done:   # failures (reported above) or no progress: stop here
                 interrupted = now < n_trials and not errors
+                failed, complete = (len(errors) if now < n_trials else 0), now
                 break
     except KeyboardInterrupt:
         interrupted = True
@@ -315,6 +319,10 @@ def _run_search(base: TrialConfig, args: StudyArgs, n_trials: int, objective: st
     print(f"[search] Spearman rank correlation of {objective} with ACC over the trials: "
           f"{summary['spearman_vs_acc']}", flush=True)
     print(f"[search] written {storage.path('search', 'best-' + name + '.json')}", flush=True)
+    if failed:
+        print(f"[search] {failed} trial(s) failed (errors above); {complete}/{n_trials} trials complete. Fix the "
+              f"cause and run the same command again: complete trials are kept.", flush=True)
+        return 1
     return 130 if interrupted else 0
 
 

@@ -6,7 +6,7 @@ import os
 from ..config import Env, TrialConfig
 from ..planning import Planned
 from ..records import kmeans_record, record_path
-from ..storage import Storage
+from ..storage import Storage, hooks_applied
 from .cluster import set_threads
 
 
@@ -34,14 +34,20 @@ def backbone_ready(p: Planned, env: Env, storage: Storage) -> bool:
     return os.path.exists(local) or (not storage.is_local and storage.exists("backbones/" + os.path.basename(local)))
 
 
-def pretrain_task(planned: dict, env_dict: dict, storage_uri: str) -> str | None:
+def pretrain_task(planned: dict, env_dict: dict, storage_uri: str, hooks: dict | None = None) -> str | None:
     set_threads()
     p = Planned.from_dict(planned)
-    return ensure_backbone_in_storage(p.cfg, Env(**env_dict), Storage(storage_uri), p.fingerprint,
-                                      log=lambda s: None)
+    with hooks_applied(hooks):
+        return ensure_backbone_in_storage(p.cfg, Env(**env_dict), Storage(storage_uri), p.fingerprint,
+                                          log=lambda s: None)
 
 
-def kmeans_task(planned: dict, env_dict: dict, storage_uri: str) -> dict:
+def kmeans_task(planned: dict, env_dict: dict, storage_uri: str, hooks: dict | None = None) -> dict:
+    with hooks_applied(hooks):
+        return _kmeans(planned, env_dict, storage_uri)
+
+
+def _kmeans(planned: dict, env_dict: dict, storage_uri: str) -> dict:
     from ..pretrain import kmeans_baseline
     from ..runtime import resolve_device
     set_threads()

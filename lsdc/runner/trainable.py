@@ -23,7 +23,7 @@ from ..config import Env
 from ..planning import Planned
 from ..records import record_path, trial_record, verify
 from ..registry import load_plugins
-from ..storage import Storage, fault
+from ..storage import Storage, fault, hooks_applied
 from .cluster import set_threads
 from .tasks import ensure_backbone_in_storage
 
@@ -34,8 +34,9 @@ REPORT_KEYS = ("epoch", "loss", "bce", "mse", "acc", "nmi", "ari", "confident_fr
 def lsdc_trainable(config: dict[str, Any]) -> None:
     """Ray Tune function trainable of a study's planned trial (``config["spec"]``)."""
     load_plugins(config.get("plugins") or ())
-    run_tune_trial(Planned.from_dict(config["spec"]), Env(**config["env"]), Storage(config["storage"]),
-                   config.get("checkpoint_every"))
+    with hooks_applied(config.get("hooks")):
+        run_tune_trial(Planned.from_dict(config["spec"]), Env(**config["env"]), Storage(config["storage"]),
+                       config.get("checkpoint_every"))
 
 
 def _metrics(m: dict, trial_key: str, diverged: bool, done: bool, objective: str | None) -> dict:

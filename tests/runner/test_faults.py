@@ -315,6 +315,25 @@ def test_unwritable_storage_is_refused_before_anything(tmp_path, capsys):
     assert code == 2 and err.startswith("error: storage: cannot write to") and "is not a directory" in err
 
 
+def test_hooks_travel_with_the_work_and_leave_a_reused_worker_as_it_was(monkeypatch):
+    """What a trial, pretraining or k-means task does with the driver's hooks: set for its
+    duration, then the environment as before (a worker Ray reuses for another run keeps none);
+    anything but lsdc's hooks is ignored."""
+    from lsdc.storage import active_hooks, fault_armed, hooks_applied
+    monkeypatch.delenv("LSDC_FAULT", raising=False)
+    monkeypatch.setenv("LSDC_FAULT_ENOSPC", "/before")
+    monkeypatch.delenv("PATH_NOT_A_HOOK", raising=False)
+    with hooks_applied({"LSDC_FAULT": "mid-epoch", "LSDC_FAULT_ENOSPC": "/during", "PATH_NOT_A_HOOK": "x"}):
+        assert fault_armed("mid-epoch") and os.environ["LSDC_FAULT_ENOSPC"] == "/during"
+        assert "PATH_NOT_A_HOOK" not in os.environ
+        assert active_hooks() == {"LSDC_FAULT": "mid-epoch", "LSDC_FAULT_ENOSPC": "/during"}
+    assert "LSDC_FAULT" not in os.environ and os.environ["LSDC_FAULT_ENOSPC"] == "/before"
+    with pytest.raises(RuntimeError):
+        with hooks_applied({"LSDC_FAULT": "record-write"}):
+            raise RuntimeError("a trial that fails")
+    assert "LSDC_FAULT" not in os.environ
+
+
 def test_records_are_written_atomically(tmp_path, monkeypatch):
     s = Storage(str(tmp_path))
     s.write_json("st/records/a.json", {"schema": 1})
@@ -448,34 +467,42 @@ def test_planted_pickles_never_execute_and_bad_records_are_quarantined(tmp_path,
 
 
 @pytest.mark.timeout(1200)   # several study runs
-def test_killed_at_named_points_full_disk_then_rerun_completes(tmp_path, shared_address):
+def test_killed_at_named_points_full_disk_then_rerun_completes(tmp_path, joined, monkeypatch, capsys):
     """Finding 4: a trial killed mid-epoch, during a checkpoint write and during a record write
     (LSDC_FAULT, once each), then a run on a full disk (ENOSPC), then space freed: the same
     command completes, every trial once, with a consistent history, and no manual rm. The
-    hooks are set in the driver's environment only: lsdc passes them to this run's workers on
-    the shared cluster, which was started without them."""
+    hooks are set in the driver's environment only, and the driver is this process, joined to
+    the shared cluster (a Ray its caller initialized, started without them): lsdc sends them with
+    the trials to the workers."""
+    sys.path.insert(0, HERE)
+    from fault_study import ARGS, STUDY
     storage, once = str(tmp_path / "res"), str(tmp_path / "once")
-    argv = [sys.executable, FAULT_STUDY, "--storage", storage, "--epochs", "3", "--seeds", "0", "--set", "pretrain=none",
-            "--max-failures", "0", "--address", shared_address]
-    env = dict(os.environ, LSDC_FAULT="mid-epoch,checkpoint-write,record-write", LSDC_FAULT_ONCE=once)
-    run = subprocess.run(argv, capture_output=True, text=True, timeout=600, env=env)
-    assert run.returncode != 0
+    argv = ARGS + ["--storage", storage, "--epochs", "3", "--seeds", "0", "--set", "pretrain=none", "--max-failures", "0"]
+    monkeypatch.setenv("LSDC_FAULT", "mid-epoch,checkpoint-write,record-write")
+    monkeypatch.setenv("LSDC_FAULT_ONCE", once)
+    assert main(STUDY, argv) != 0
     assert sorted(os.listdir(once)) == ["checkpoint-write", "mid-epoch", "record-write"]
     assert len(records_of(storage)) < 3
+    monkeypatch.delenv("LSDC_FAULT")
+    monkeypatch.delenv("LSDC_FAULT_ONCE")
     full = tmp_path / "full"
     full.write_text("")
-    run = subprocess.run(argv, capture_output=True, text=True, timeout=600,
-                         env=dict(os.environ, LSDC_FAULT_ENOSPC=str(full)))
-    assert run.returncode != 0 and "No space left" in run.stdout + run.stderr
+    monkeypatch.setenv("LSDC_FAULT_ENOSPC", str(full))
+    try:
+        code = main(STUDY, argv)
+    except OSError as e:                        # a full disk is not bad input: it may end the run as it comes
+        code, _ = 1, print(e)
+    assert code != 0 and "No space left" in "".join(capsys.readouterr())
     full.unlink()                                                         # space freed
-    run = subprocess.run(argv, capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
+    monkeypatch.delenv("LSDC_FAULT_ENOSPC")
+    assert main(STUDY, argv) == 0, "".join(capsys.readouterr())[-4000:]
     recs = records_of(storage)
     assert len(recs) == 3
     for r in recs.values():
         assert [h["epoch"] for h in r["history"]] == list(range(1, r["epochs_done"] + 1))
     leftovers = [f for d, _, fs in os.walk(storage) for f in fs if f.startswith(".tmp-")]
     assert leftovers == []
+    assert not {k for k in os.environ if k.startswith("LSDC_FAULT")}
 
 
 @pytest.mark.timeout(1200)   # several study runs, each a fresh Ray

@@ -88,3 +88,16 @@ def test_search_completes_and_resumes(joined, tmp_path, capsys):
         assert best["spearman_vs_acc"] == round(float(rho), 3)
     assert search_main(args + ["--trials", "6"]) == 0            # nothing left: no new trials
     assert json.load(open(os.path.join(storage, "search", best_files[0])))["n_trials"] == 6
+
+
+def test_search_whose_trials_fail_exits_1_and_says_so(joined, tmp_path, monkeypatch, capsys):
+    """A trial killed (the mid-epoch hook, sent with the trial to its worker), no retry: the
+    search reports it and exits 1, not 0 with a 'best' of nothing."""
+    monkeypatch.setenv("LSDC_FAULT", "mid-epoch")
+    monkeypatch.setenv("LSDC_FAULT_ONCE", str(tmp_path / "once"))
+    code = search_main(["--dataset", "digits", "--epochs", "2", "--set", "pretrain=none", "--set", "width=0.125",
+                        "--set", "batch_size=256", "--storage", str(tmp_path / "res"), "--quiet", "--trials", "1",
+                        "--no-asha", "--max-failures", "0"])
+    out = capsys.readouterr().out
+    assert code == 1 and "1 trial(s) failed (errors above); 0/1 trials complete" in out, out[-2000:]
+    assert os.listdir(tmp_path / "once") == ["mid-epoch"]

@@ -121,7 +121,8 @@ def test_progress_prints_the_error_file_of_a_failed_trial(capsys):
 def test_workers_get_the_plugins_and_the_drivers_test_hooks_only(monkeypatch):
     """What a run passes to its Ray workers' environment (also on a cluster started before it):
     the plugin modules, and lsdc's fault hooks only where the driver has them set."""
-    from lsdc.runner.orchestrate import TEST_HOOKS, worker_env
+    from lsdc.runner.orchestrate import worker_env
+    from lsdc.storage import TEST_HOOKS
     for k in (*TEST_HOOKS, "LSDC_PLUGINS"):
         monkeypatch.delenv(k, raising=False)
     args = SimpleNamespace(plugins=[])
