@@ -53,13 +53,15 @@ def active_hooks() -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def hooks_applied(hooks: dict[str, str] | None) -> Iterator[None]:
-    """Inside a worker: the driver's test hooks in the environment for the duration of one piece
-    of work (a trial, a pretraining, a k-means), then the environment as it was: a worker that
-    Ray reuses for another run does not keep them."""
-    hooks = {k: v for k, v in (hooks or {}).items() if k in TEST_HOOKS}
-    saved = {k: os.environ.get(k) for k in hooks}
-    os.environ.update(hooks)
+def environ_set(values: dict[str, str], keep_users: bool = False) -> Iterator[None]:
+    """``values`` in ``os.environ`` for the duration of the block (with ``keep_users``, a
+    variable already set keeps its value), then the environment exactly as it was."""
+    saved = {k: os.environ.get(k) for k in values}
+    for k, v in values.items():
+        if keep_users:
+            os.environ.setdefault(k, v)
+        else:
+            os.environ[k] = v
     try:
         yield
     finally:
@@ -68,6 +70,13 @@ def hooks_applied(hooks: dict[str, str] | None) -> Iterator[None]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def hooks_applied(hooks: dict[str, str] | None):
+    """Inside a worker: the driver's test hooks in the environment for the duration of one piece
+    of work (a trial, a pretraining, a k-means), then the environment as it was: a worker that
+    Ray reuses for another run does not keep them."""
+    return environ_set({k: v for k, v in (hooks or {}).items() if k in TEST_HOOKS})
 
 
 def fault_armed(point: str) -> bool:

@@ -3,16 +3,14 @@ lsdc starts. Nothing here changes the importing process's environment: :func:`ra
 Ray's settings only for the duration of a run, and restores them after."""
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import time
-from typing import Iterator
 
 import ray
 
 from ..planning import StudyError
-from ..storage import TEST_HOOKS
+from ..storage import TEST_HOOKS, environ_set
 
 # Ray's settings for the processes lsdc starts: no usage statistics, the classic (terse)
 # output engine, no nagging about checkpoint syncing.
@@ -23,22 +21,10 @@ RAY_SETTINGS = {
 }
 
 
-@contextlib.contextmanager
-def ray_env(extra: dict[str, str] | None = None) -> Iterator[None]:
+def ray_env(extra: dict[str, str] | None = None):
     """Set :data:`RAY_SETTINGS` (unless the user set them) for a run, then restore the
     environment exactly as it was."""
-    wanted = {**RAY_SETTINGS, **(extra or {})}
-    saved = {k: os.environ.get(k) for k in wanted}
-    for k, v in wanted.items():
-        os.environ.setdefault(k, v)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    return environ_set({**RAY_SETTINGS, **(extra or {})}, keep_users=True)
 
 
 def ray_init_kwargs(address: str | None, num_cpus: int | None = None, dashboard: bool = False,
