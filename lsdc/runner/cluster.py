@@ -106,40 +106,35 @@ class RayHandle:
                     pass
 
 
-def _start_time(pid: int) -> str | None:
-    """The start time of a process (Linux ``/proc``), to tell it from a later one with its pid."""
+def _stat(pid: int) -> list[str] | None:
+    """The fields of ``/proc/<pid>/stat`` after the command name (state, ppid, ...; Linux), or
+    None where there is no such process or no ``/proc``."""
     try:
         with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[19]
+            return f.read().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return None
+
+
+def _start_time(pid: int) -> str | None:
+    """The start time of a process, to tell it from a later one with its pid."""
+    fields = _stat(pid)
+    return fields[19] if fields and len(fields) > 19 else None
 
 
 def descendants(*roots: int) -> dict[int, str]:
     """Children, grandchildren, ... of the ``roots`` with their start times (empty where there
     is no ``/proc``)."""
-    parent: dict[int, int] = {}
     try:
-        entries = os.listdir("/proc")
+        stats = {int(e): _stat(int(e)) for e in os.listdir("/proc") if e.isdigit()}
     except OSError:
         return {}
-    for e in entries:
-        if e.isdigit():
-            try:
-                with open(f"/proc/{e}/stat") as f:
-                    parent[int(e)] = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
+    stats = {pid: f for pid, f in stats.items() if f and len(f) > 19}
     found, frontier = set(), set(roots)
     while frontier:
-        frontier = {c for c, p in parent.items() if p in frontier and c not in found}
+        frontier = {c for c, f in stats.items() if int(f[1]) in frontier and c not in found}
         found |= frontier
-    out = {}
-    for c in found:
-        t = _start_time(c)
-        if t is not None:
-            out[c] = t
-    return out
+    return {c: stats[c][19] for c in found}
 
 
 def reap(procs: dict[int, str], timeout: float = 10.0) -> None:
@@ -148,7 +143,8 @@ def reap(procs: dict[int, str], timeout: float = 10.0) -> None:
     import signal
 
     def alive() -> list[int]:
-        return [p for p, t in procs.items() if _start_time(p) == t and not _exited(p)]
+        # still there: the same process (by start time), not exited (a zombie waits for its parent)
+        return [p for p, t in procs.items() if (f := _stat(p)) and len(f) > 19 and f[19] == t and f[0] != "Z"]
     deadline = time.monotonic() + timeout
     left = alive()
     while left and time.monotonic() < deadline:
@@ -159,15 +155,6 @@ def reap(procs: dict[int, str], timeout: float = 10.0) -> None:
             os.kill(p, signal.SIGKILL)
         except OSError:
             pass
-
-
-def _exited(pid: int) -> bool:
-    """True once ``pid`` is gone or a zombie (exited, waiting for its parent)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except (OSError, IndexError):
-        return True
 
 
 def ray_processes() -> dict[int, str]:

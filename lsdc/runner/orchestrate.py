@@ -44,10 +44,6 @@ def preflight(planned: list[Planned], args: StudyArgs, storage: Storage) -> None
             cached_backbone_ok(path, p.cfg, p.fingerprint, log=print)
 
 
-# lsdc's test hooks (``lsdc.storage``): set in the driver's environment, they reach the trials
-# of this run on any cluster, also one that was started before (a shared test cluster)
-
-
 def worker_env(args: StudyArgs) -> dict[str, str]:
     """Environment for this run's Ray workers: the plugin modules that register entries, and
     lsdc's test hooks where the driver has them set."""
@@ -204,8 +200,9 @@ def _run_trials(study: Study, planned: list[Planned], trials: list[Planned], don
               f"(Ray Tune's pickled state is never restored)", flush=True)
     elif args.resume:
         print(f"[{study.name}] --resume: no interrupted trial of this study in the storage; starting it")
+    hooks = active_hooks()          # lsdc's test hooks, sent with each trial (lsdc.storage.hooks_applied)
     common = {"env": args.env.to_dict(), "storage": storage.uri, "checkpoint_every": args.checkpoint_every,
-              "plugins": list(args.plugins), **({"hooks": active_hooks()} if active_hooks() else {})}
+              "plugins": list(args.plugins), **({"hooks": hooks} if hooks else {})}
     progress = Progress(study.name, len(planned), done_outside, quiet=args.quiet, t_start=t_wall)
     if args.searcher == "optuna":
         space, searcher = None, _grid_searcher(study, planned, trials, common, args, storage)
