@@ -1,0 +1,100 @@
+#!/usr/bin/env python3
+"""The real data for the GPU check, packed here to travel and unpacked there.
+
+    python3 .ci/gpu_data.py pack ../shared/data .data     # here: CIFAR-10's JPEG archive (copied) + MNIST (xz)
+    python3 .ci/gpu_data.py unpack .data                  # there: cifar10_{train,test}.npz, MNIST/raw/*-ubyte
+
+MNIST travels as its raw uint8 arrays compressed with xz (9.1 MB against the .npz files'
+11.5 MB), so that it fits beside the Ray/Optuna pack and CIFAR-10 in the 64 MiB that may
+travel with one command. Unpacked, it becomes torchvision's own IDX files (the format of the
+official files: a big-endian header, then the bytes), which lsdc's ``mnist`` dataset reads.
+CIFAR-10 is decoded from the JPEG copy (lossy; see ../shared/data/README.md).
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import lzma
+import os
+import shutil
+import struct
+import sys
+import tarfile
+from concurrent.futures import ProcessPoolExecutor
+
+import numpy as np
+
+MNIST_PARTS = (("train", 60000), ("t10k", 10000))
+
+
+def pack(shared: str, dest: str) -> None:
+    os.makedirs(dest, exist_ok=True)
+    shutil.copy(os.path.join(shared, "cifar10_jpeg.tar.gz"), os.path.join(dest, "cifar10_jpeg.tar.gz"))
+    with lzma.open(os.path.join(dest, "mnist.u8.xz"), "wb", preset=9 | lzma.PRESET_EXTREME) as f:
+        for part, npz in (("train", "mnist_train.npz"), ("t10k", "mnist_test.npz")):
+            with np.load(os.path.join(shared, npz), allow_pickle=False) as z:
+                f.write(np.ascontiguousarray(z["images"], dtype=np.uint8).tobytes())
+                f.write(z["labels"].astype(np.uint8).tobytes())
+    for name in sorted(os.listdir(dest)):
+        print(f"{dest}/{name}: {os.path.getsize(os.path.join(dest, name)) / 1e6:.1f} MB")
+
+
+def _decode(blobs: list[bytes]) -> np.ndarray:
+    from PIL import Image
+    return np.stack([np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for b in blobs])
+
+
+def unpack_cifar10(src: str) -> None:
+    """cifar10_train.npz / cifar10_test.npz (lsdc's cifar10 reads them) and cifar10_all.npz (the
+    60,000 images in one file, for lsdc.bench)."""
+    files, out = {}, {}
+    with tarfile.open(os.path.join(src, "cifar10_jpeg.tar.gz")) as tf:
+        for m in tf.getmembers():
+            if m.isfile():
+                files[m.name] = tf.extractfile(m).read()
+    for split in ("train", "test"):
+        rows = files[f"{split}/labels.csv"].decode().strip().splitlines()[1:]
+        labels = np.array([int(r.split(",")[1]) for r in rows], dtype=np.int64)
+        blobs = [files[f"{split}/{i:06d}.jpg"] for i in range(len(rows))]
+        chunks = [blobs[i:i + 2500] for i in range(0, len(blobs), 2500)]
+        with ProcessPoolExecutor(min(16, os.cpu_count() or 1)) as ex:
+            images = np.concatenate(list(ex.map(_decode, chunks)))
+        np.savez(os.path.join(src, f"cifar10_{split}.npz"), images=images, labels=labels)
+        out[split] = (images, labels)
+        print(f"cifar10 {split}: {images.shape}, sha256 of the raw images {hashlib.sha256(images.tobytes()).hexdigest()}")
+    np.savez(os.path.join(src, "cifar10_all.npz"), images=np.concatenate([out["train"][0], out["test"][0]]),
+             labels=np.concatenate([out["train"][1], out["test"][1]]))
+
+
+def _write_idx(path: str, a: np.ndarray) -> None:
+    with open(path, "wb") as f:
+        f.write(struct.pack(">HBB", 0, 0x08, a.ndim) + struct.pack(f">{a.ndim}I", *a.shape))
+        f.write(a.tobytes())
+
+
+def unpack_mnist(src: str) -> None:
+    raw = os.path.join(src, "MNIST", "raw")
+    os.makedirs(raw, exist_ok=True)
+    with lzma.open(os.path.join(src, "mnist.u8.xz"), "rb") as f:
+        for part, n in MNIST_PARTS:
+            images = np.frombuffer(f.read(n * 28 * 28), np.uint8).reshape(n, 28, 28)
+            labels = np.frombuffer(f.read(n), np.uint8)
+            _write_idx(os.path.join(raw, f"{part}-images-idx3-ubyte"), images)
+            _write_idx(os.path.join(raw, f"{part}-labels-idx1-ubyte"), labels)
+            print(f"mnist {part}: {images.shape}, sha256 of the raw images {hashlib.sha256(images.tobytes()).hexdigest()}")
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) == 3 and argv[0] == "pack":
+        pack(argv[1], argv[2])
+    elif len(argv) == 2 and argv[0] == "unpack":
+        unpack_cifar10(argv[1])
+        unpack_mnist(argv[1])
+    else:
+        print(__doc__, file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
