@@ -24,17 +24,19 @@ from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 
-MNIST_PARTS = (("train", 60000), ("t10k", 10000))
+MNIST_PARTS = (("train", "mnist_train.npz"), ("t10k", "mnist_test.npz"))   # IDX prefix, .npz
 
 
 def pack(shared: str, dest: str) -> None:
     os.makedirs(dest, exist_ok=True)
     shutil.copy(os.path.join(shared, "cifar10_jpeg.tar.gz"), os.path.join(dest, "cifar10_jpeg.tar.gz"))
     with lzma.open(os.path.join(dest, "mnist.u8.xz"), "wb", preset=9 | lzma.PRESET_EXTREME) as f:
-        for part, npz in (("train", "mnist_train.npz"), ("t10k", "mnist_test.npz")):
+        for part, npz in MNIST_PARTS:
             with np.load(os.path.join(shared, npz), allow_pickle=False) as z:
-                f.write(np.ascontiguousarray(z["images"], dtype=np.uint8).tobytes())
-                f.write(z["labels"].astype(np.uint8).tobytes())
+                images, labels = np.ascontiguousarray(z["images"], dtype=np.uint8), z["labels"]
+            if images.shape[1:] not in ((28, 28), (28, 28, 1)) or len(labels) != len(images):
+                raise SystemExit(f"{npz}: expected N x 28 x 28 (x 1) images and N labels, got {images.shape}")
+            f.write(struct.pack(">I", len(images)) + images.tobytes() + labels.astype(np.uint8).tobytes())
     for name in sorted(os.listdir(dest)):
         print(f"{dest}/{name}: {os.path.getsize(os.path.join(dest, name)) / 1e6:.1f} MB")
 
@@ -76,7 +78,8 @@ def unpack_mnist(src: str) -> None:
     raw = os.path.join(src, "MNIST", "raw")
     os.makedirs(raw, exist_ok=True)
     with lzma.open(os.path.join(src, "mnist.u8.xz"), "rb") as f:
-        for part, n in MNIST_PARTS:
+        for part, _ in MNIST_PARTS:
+            (n,) = struct.unpack(">I", f.read(4))
             images = np.frombuffer(f.read(n * 28 * 28), np.uint8).reshape(n, 28, 28)
             labels = np.frombuffer(f.read(n), np.uint8)
             _write_idx(os.path.join(raw, f"{part}-images-idx3-ubyte"), images)

@@ -301,7 +301,8 @@ def run(args) -> dict:
            "settings": {"n_images": n_images, "size": args.size, "channels": args.channels,
                         "batch_size": args.batch_size, "width": args.width, "steps": args.steps,
                         "warmup": args.warmup, "workers": args.workers, "data": args.data or "synthetic",
-                        "precision": args.precision, "profile": bool(args.profile)},
+                        "precision": args.precision, "profile": bool(args.profile),
+                        "rotnet_batch_size": args.rotnet_batch_size},
            "results": results}
 
     def add(label: str, precision: str, r: dict) -> None:
@@ -337,7 +338,8 @@ def run(args) -> dict:
                     c = c.replace(fused_views="fused" in v, compile=v.startswith("compiled"))
                     add(label, prec, bench_trial(c, env, args.warmup, args.steps))
                 elif v in ("rotnet", "rotnet-compiled"):
-                    add(label, prec, bench_rotnet(c, env, args.warmup, args.steps, compile=v.endswith("compiled")))
+                    add(label, prec, bench_rotnet(c.replace(pretrain_batch_size=args.rotnet_batch_size), env, args.warmup,
+                                                  args.steps, compile=v.endswith("compiled")))
                 elif v == "eval":
                     add(label, prec, bench_eval(c, env))
                 elif v.startswith("ray-"):
@@ -438,7 +440,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="precision of the variants that name none (reference is always fp32)")
     p.add_argument("--profile", action="store_true",
                    help="also profile a few steps of each timed variant (GPU busy share, synchronisation, top kernels)")
-    p.add_argument("--small", action="store_true", help="CPU-sized: 2,000 images, width 0.25, batch 64, "
+    p.add_argument("--rotnet-batch-size", type=int, default=128,
+                   help="images per RotNet step (each in 4 rotations; the preset's 128)")
+    p.add_argument("--small", action="store_true", help="CPU-sized: 2,000 images, width 0.25, batch 64, RotNet batch 16, "
                    "5 steps, no compiled variants")
     p.add_argument("--json", help="write the results as JSON here")
     return p
@@ -449,7 +453,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     given = set(a.split("=")[0] for a in (argv if argv is not None else sys.argv[1:]) if a.startswith("--"))
     if args.small:
-        for name, value in (("n", 2000), ("width", 0.25), ("batch_size", 64), ("steps", 5), ("warmup", 2)):
+        for name, value in (("n", 2000), ("width", 0.25), ("batch_size", 64), ("steps", 5), ("warmup", 2),
+                            ("rotnet_batch_size", 16)):
             if "--" + name.replace("_", "-") not in given:
                 setattr(args, name, value)
         if "--variants" not in given:

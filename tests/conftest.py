@@ -98,7 +98,8 @@ def shared_address(tmp_path_factory):
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
     lock = open(_lock_file(tmp_path_factory), "a")
     fcntl.flock(lock, fcntl.LOCK_SH)          # not while an exclusive test counts Ray's processes
-    proc = subprocess.Popen([sys.executable, os.path.join(RUNNER, "shared_cluster.py"), "2"], stdin=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, os.path.join(RUNNER, "shared_cluster.py"),
+                             os.environ.get("LSDC_TEST_SHARED_CPUS", "2")], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=True, env=env)
     address = proc.stdout.readline().strip()
     lock.close()
