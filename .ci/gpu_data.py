@@ -25,17 +25,34 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 
 MNIST_PARTS = (("train", "mnist_train.npz"), ("t10k", "mnist_test.npz"))   # IDX prefix, .npz
+# sha256 of the raw image bytes of the copies in ../shared/data (README there; MNIST's computed
+# here from its .npz files): unpack says MATCH or MISMATCH, e.g. for another JPEG decoder
+KNOWN_SHA256 = {
+    "cifar10 train": "5aaf8a2cf2e577ff4dbb15e4f368840fab5aca1812bcc69682005f8dc661d466",
+    "cifar10 test": "5a6aa8185204d80b65d3dfb540696dadd5f10d185ded226a96665d3e0fc6259f",
+    "mnist train": "741c988805d008ac6e4c904b69001ba184c24b2c540a4ef403f4c71b676cf757",
+    "mnist t10k": "6d87418db22cc8025d05968bec9bd5c3932904b23485740db143a061a2c9d161",
+}
+
+
+def _check(name: str, images: np.ndarray) -> str:
+    h = hashlib.sha256(images.tobytes()).hexdigest()
+    known = KNOWN_SHA256.get(name)
+    verdict = "" if known is None else (" MATCH" if h == known else " MISMATCH (not the copy in ../shared/data)")
+    return f"{name}: {images.shape}, sha256 of the raw images {h}{verdict}"
 
 
 def pack(shared: str, dest: str) -> None:
     os.makedirs(dest, exist_ok=True)
-    shutil.copy(os.path.join(shared, "cifar10_jpeg.tar.gz"), os.path.join(dest, "cifar10_jpeg.tar.gz"))
+    shutil.copyfile(os.path.join(shared, "cifar10_jpeg.tar.gz"), os.path.join(dest, "cifar10_jpeg.tar.gz"))
     with lzma.open(os.path.join(dest, "mnist.u8.xz"), "wb", preset=9 | lzma.PRESET_EXTREME) as f:
         for part, npz in MNIST_PARTS:
             with np.load(os.path.join(shared, npz), allow_pickle=False) as z:
                 images, labels = np.ascontiguousarray(z["images"], dtype=np.uint8), z["labels"]
-            if images.shape[1:] not in ((28, 28), (28, 28, 1)) or len(labels) != len(images):
-                raise SystemExit(f"{npz}: expected N x 28 x 28 (x 1) images and N labels, got {images.shape}")
+            if images.shape[1:] not in ((28, 28), (28, 28, 1)) or len(labels) != len(images) or \
+                    labels.min(initial=0) < 0 or labels.max(initial=0) > 255:
+                raise SystemExit(f"{npz}: expected N x 28 x 28 (x 1) uint8 images and N labels in 0-255, got images "
+                                 f"{images.shape} and {len(labels)} labels in [{labels.min(initial=0)}, {labels.max(initial=0)}]")
             f.write(struct.pack(">I", len(images)) + images.tobytes() + labels.astype(np.uint8).tobytes())
     for name in sorted(os.listdir(dest)):
         print(f"{dest}/{name}: {os.path.getsize(os.path.join(dest, name)) / 1e6:.1f} MB")
@@ -63,7 +80,7 @@ def unpack_cifar10(src: str) -> None:
             images = np.concatenate(list(ex.map(_decode, chunks)))
         np.savez(os.path.join(src, f"cifar10_{split}.npz"), images=images, labels=labels)
         out[split] = (images, labels)
-        print(f"cifar10 {split}: {images.shape}, sha256 of the raw images {hashlib.sha256(images.tobytes()).hexdigest()}")
+        print(_check(f"cifar10 {split}", images))
     np.savez(os.path.join(src, "cifar10_all.npz"), images=np.concatenate([out["train"][0], out["test"][0]]),
              labels=np.concatenate([out["train"][1], out["test"][1]]))
 
@@ -77,14 +94,21 @@ def _write_idx(path: str, a: np.ndarray) -> None:
 def unpack_mnist(src: str) -> None:
     raw = os.path.join(src, "MNIST", "raw")
     os.makedirs(raw, exist_ok=True)
-    with lzma.open(os.path.join(src, "mnist.u8.xz"), "rb") as f:
+    path = os.path.join(src, "mnist.u8.xz")
+    with lzma.open(path, "rb") as f:
         for part, _ in MNIST_PARTS:
-            (n,) = struct.unpack(">I", f.read(4))
-            images = np.frombuffer(f.read(n * 28 * 28), np.uint8).reshape(n, 28, 28)
-            labels = np.frombuffer(f.read(n), np.uint8)
+            head = f.read(4)
+            n = struct.unpack(">I", head)[0] if len(head) == 4 else 0
+            images, labels = f.read(n * 28 * 28), f.read(n)
+            if n == 0 or len(images) != n * 28 * 28 or len(labels) != n:
+                raise SystemExit(f"{path}: MNIST part {part!r} is truncated or missing; pack it again")
+            images = np.frombuffer(images, np.uint8).reshape(n, 28, 28)
+            labels = np.frombuffer(labels, np.uint8)
             _write_idx(os.path.join(raw, f"{part}-images-idx3-ubyte"), images)
             _write_idx(os.path.join(raw, f"{part}-labels-idx1-ubyte"), labels)
-            print(f"mnist {part}: {images.shape}, sha256 of the raw images {hashlib.sha256(images.tobytes()).hexdigest()}")
+            print(_check(f"mnist {part}", images))
+        if f.read(1):
+            raise SystemExit(f"{path}: data after the last MNIST part; pack it again")
 
 
 def main(argv: list[str]) -> int:

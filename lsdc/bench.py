@@ -9,7 +9,7 @@ In ONE run on ONE device it times:
 - ``reference``: the reference code's pipeline: a DataLoader with PIL transforms (RandomCrop +
   flip per view) in 2 worker processes, RICAP on the CPU, fp32, three separate forwards;
 - ``eager``: this package's trial step (data resident on the device as uint8, augmentation and
-  RICAP on the device, frozen blocks under no_grad, bf16 autocast on CUDA, channels_last),
+  RICAP on the device, frozen blocks under no_grad, channels_last; its precision: see below),
   three forwards (faithful BatchNorm statistics);
 - ``fused``: the same with the three views in one forward (BatchNorm over 3B);
 - ``compiled`` / ``compiled-fused``: the same under ``torch.compile`` (compile time reported apart);
@@ -105,8 +105,8 @@ def _mem_peak(device: torch.device) -> float | None:
     return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
 
 
-_SYNC_OPS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "aten::item",
-             "aten::_local_scalar_dense", "cudaMemcpy", "cudaMemcpyAsync")
+_SYNC_OPS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "aten::_local_scalar_dense",
+             "cudaMemcpy")     # cudaMemcpyAsync too (it waits for pageable host memory): an upper bound
 
 
 def profile_steps(step: Callable[[], Any], device: torch.device, steps: int = 5, top: int = 12) -> dict:
@@ -123,9 +123,13 @@ def profile_steps(step: Callable[[], Any], device: torch.device, steps: int = 5,
             step()
         _sync(device)
         wall = time.perf_counter() - t0
+    from torch.autograd import DeviceType
     events = prof.key_averages()
-    dev_attr = "self_device_time_total" if hasattr(events[0], "self_device_time_total") else "self_cuda_time_total"
-    kernels = sorted(((e.key, getattr(e, dev_attr, 0.0) or 0.0) for e in events), key=lambda kv: -kv[1])
+    # the kernels themselves (device events), not the CPU ops that launched them (those carry
+    # their kernels' time too) nor user annotations: each kernel counted once
+    kernels = sorted(((e.key, e.self_device_time_total) for e in events
+                      if e.device_type == DeviceType.CUDA and not getattr(e, "is_user_annotation", False)),
+                     key=lambda kv: -kv[1])
     busy_us = sum(t for _, t in kernels)
     sync_us = sum(e.self_cpu_time_total for e in events if any(e.key.startswith(o) for o in _SYNC_OPS))
     cpu_top = sorted(((e.key, e.self_cpu_time_total) for e in events), key=lambda kv: -kv[1])[:top]
@@ -326,6 +330,7 @@ def run(args) -> dict:
     print(f"lsdc.bench on {device} ({hardware(device).get('gpu') or hardware(device)['cpu']}): "
           f"{n_images} images of {args.size}x{args.size}x{args.channels}, batch {args.batch_size}, "
           f"width {args.width}, {args.steps} timed steps after {args.warmup} warm-up", flush=True)
+    interrupted, label, prec = False, "(start)", None
     try:
         for label in args.variants:
             v, prec = parse_variant(label)
@@ -349,32 +354,53 @@ def run(args) -> dict:
                                          gpus_per_trial=(1.0 / n) if device.type == "cuda" else 0.0,
                                          cpus_per_trial=args.cpus_per_trial)
                     add(label, prec, r)
-            except KeyboardInterrupt:  # a time limit (timeout -s INT): keep what was measured, say where it stopped
-                results.append({"variant": label, "precision": prec, "error": "interrupted"})
-                print(f"  {label:<16} interrupted; the variants after it were not run", flush=True)
-                break
+                if device.type == "cuda":
+                    _cuda_usable(device)      # frees the variant's cached memory
             except Exception as e:    # one broken variant must not cost the others' numbers
                 import traceback
                 err = f"{type(e).__name__}: {e}"
                 results.append({"variant": label, "precision": prec, "error": err,
                                 "traceback": traceback.format_exc()[-4000:]})
                 print(f"  {label:<16} FAILED: {err}", flush=True)
-            finally:
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
-            _finish(out, args.json, quiet=True)
+                if device.type == "cuda" and not _cuda_usable(device):
+                    results[-1]["error"] += " (the CUDA context is broken: the variants after it were not run)"
+                    print("  the CUDA context is broken: the variants after it were not run", flush=True)
+                    break
+            _finish(out, args.json)
+    except KeyboardInterrupt:   # a time limit (timeout -s INT): keep what was measured, say where it stopped
+        interrupted = True
+        results.append({"variant": label, "precision": prec, "error": "interrupted"})
+        print(f"  {label:<16} interrupted; the variants after it were not run", flush=True)
+        _finish(out, args.json)
     finally:   # the Ray that the ray-N variants started, even if a variant failed
-        if "lsdc.runner.bench" in sys.modules:
-            from .runner.bench import close
-            close()
-    _finish(out, args.json)
+        try:
+            if "lsdc.runner.bench" in sys.modules:
+                from .runner.bench import close
+                close()
+        finally:
+            _finish(out, args.json)
+    if interrupted:
+        out["interrupted"] = True
+        print(f"interrupted; wrote {args.json}" if args.json else "interrupted", flush=True)
+        return out
     print("\n" + summary_table(out), flush=True)
     if args.json:
         print(f"wrote {args.json}")
     return out
 
 
-def _finish(out: dict, path: str | None, quiet: bool = False) -> None:
+def _cuda_usable(device: torch.device) -> bool:
+    """False after a sticky CUDA error (an illegal memory access, say), which breaks the
+    process's CUDA context: later numbers from this process would mean nothing."""
+    try:
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+        return True
+    except Exception:
+        return False
+
+
+def _finish(out: dict, path: str | None) -> None:
     """Ratios to the reference, then the JSON (atomically: a killed run leaves the last whole file)."""
     ref = next((r["images_per_s"] for r in out["results"] if r["variant"] == "reference" and "error" not in r), None)
     for r in out["results"]:
@@ -466,11 +492,10 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
-    if args.batch_size < 2 or args.steps < 1 or args.warmup < 0:
-        print("error: --batch-size must be >= 2, --steps >= 1, --warmup >= 0", file=sys.stderr)
+    if args.batch_size < 2 or args.steps < 1 or args.warmup < 0 or args.rotnet_batch_size < 1:
+        print("error: --batch-size must be >= 2, --steps >= 1, --warmup >= 0, --rotnet-batch-size >= 1", file=sys.stderr)
         return 2
-    run(args)
-    return 0
+    return 130 if run(args).get("interrupted") else 0
 
 
 if __name__ == "__main__":

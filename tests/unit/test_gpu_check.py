@@ -128,8 +128,33 @@ def test_an_interrupted_run_keeps_what_it_measured(tmp_path, monkeypatch):
                 "compile_s": None, "unit": "images"}
     monkeypatch.setattr(bench, "bench_trial", fake_trial)
     out = tmp_path / "b.json"
-    bench.main(["--device", "cpu", "--n", "64", "--size", "8", "--variants", "eager,fused,compiled",
-                "--json", str(out)])
+    try:
+        code = bench.main(["--device", "cpu", "--n", "64", "--size", "8", "--variants", "eager,fused,compiled",
+                           "--json", str(out)])
+    except KeyboardInterrupt:
+        pytest.fail("the interrupt escaped lsdc.bench instead of ending the run with what it measured")
+    assert code == 130
     rows = json.loads(out.read_text())["results"]
     assert [(r["variant"], r.get("error")) for r in rows] == [("eager", None), ("fused", "interrupted")]
     assert rows[0]["images_per_s"] == 50.0 and not os.path.exists(f"{out}.tmp")
+
+
+def test_the_gpu_checks_script_parses_and_names_only_known_variants():
+    script = os.path.join(ROOT, ".ci", "gpu-check")
+    assert subprocess.run(["bash", "-n", script]).returncode == 0
+    text = open(script).read().replace("\\\n", "")
+    variants = text.split("--variants", 1)[1].split()[0]
+    names = variants.split(",")
+    assert len(names) >= 15 and all(bench.parse_variant(v) for v in names)
+    assert {"reference", "compiled:bf16", "ray-4:bf16", "compiled:fp32", "eager:tf32"} <= set(names)
+
+
+def test_profile_of_a_few_steps_on_the_cpu():
+    import torch
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU())
+    x = torch.randn(4, 3, 16, 16)
+    p = bench.profile_steps(lambda: net(x).sum().backward(), torch.device("cpu"), steps=3, top=5)
+    assert p["steps"] == 3 and p["wall_ms_per_step"] > 0
+    assert p["device_busy_share"] is None and p["top_kernels_ms_per_step"] == []      # no GPU: no kernels
+    names = [k for k, _ in p["top_cpu_ops_ms_per_step"]]
+    assert len(names) == 5 and any("conv" in k for k in names)
