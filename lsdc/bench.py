@@ -368,7 +368,7 @@ def run(args) -> dict:
                     break
             _finish(out, args.json)
     except KeyboardInterrupt:   # a time limit (timeout -s INT): keep what was measured, say where it stopped
-        interrupted = True
+        interrupted = out["interrupted"] = True
         results.append({"variant": label, "precision": prec, "error": "interrupted"})
         print(f"  {label:<16} interrupted; the variants after it were not run", flush=True)
         _finish(out, args.json)
@@ -380,7 +380,6 @@ def run(args) -> dict:
         finally:
             _finish(out, args.json)
     if interrupted:
-        out["interrupted"] = True
         print(f"interrupted; wrote {args.json}" if args.json else "interrupted", flush=True)
         return out
     print("\n" + summary_table(out), flush=True)

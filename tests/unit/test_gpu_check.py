@@ -134,7 +134,9 @@ def test_an_interrupted_run_keeps_what_it_measured(tmp_path, monkeypatch):
     except KeyboardInterrupt:
         pytest.fail("the interrupt escaped lsdc.bench instead of ending the run with what it measured")
     assert code == 130
-    rows = json.loads(out.read_text())["results"]
+    res = json.loads(out.read_text())
+    rows = res["results"]
+    assert res["interrupted"] is True
     assert [(r["variant"], r.get("error")) for r in rows] == [("eager", None), ("fused", "interrupted")]
     assert rows[0]["images_per_s"] == 50.0 and not os.path.exists(f"{out}.tmp")
 
