@@ -21,26 +21,22 @@ FAULT_STUDY = os.path.join(HERE, "fault_study.py")
 TINY = ["--dataset", "digits", "--pretrain-epochs", "1", "--set", "width=0.125", "--set", "batch_size=256", "--quiet"]
 
 
-def ray_pids() -> set[int]:
-    out = set()
-    for pid in os.listdir("/proc"):
-        if pid.isdigit():
-            try:
-                with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    cmd = f.read().replace(b"\0", b" ")
-            except OSError:
-                continue
-            if b"raylet" in cmd or b"gcs_server" in cmd or cmd.startswith(b"ray::") or b"ray/dashboard" in cmd:
-                out.add(int(pid))
-    return out
-
-
 def cmdline(pid: int) -> bytes:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             return f.read().replace(b"\0", b" ")
     except OSError:
         return b""
+
+
+def ray_pids() -> set[int]:
+    out = set()
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            cmd = cmdline(int(pid))
+            if b"raylet" in cmd or b"gcs_server" in cmd or cmd.startswith(b"ray::") or b"ray/dashboard" in cmd:
+                out.add(int(pid))
+    return out
 
 
 def children(pid: int) -> set[int]:
@@ -396,14 +392,13 @@ def test_soak_forty_trials_every_record_and_resources_return(tmp_path, monkeypat
     so that the comparison starts after the imports and the first workers; what lsdc does with
     a Ray it starts itself is the normal-exit test's subject."""
     import ray
-    from lsdc.runner.cluster import RAY_SETTINGS
+    from lsdc.runner.cluster import ray_env, ray_init_kwargs
     monkeypatch.setenv("LSDC_TEST_SECRET", "s3cr3t-t0ken-value")
-    for k, v in RAY_SETTINGS.items():
-        monkeypatch.setenv(k, v)
     soak = Study(name="soak", title="soak", variants=(Variant("knn", {"labeler": "knn"}),
                                                       Variant("cos", {"labeler": "cosine"})))
     argv = TINY + ["--epochs", "1", "--set", "pretrain=none", "--storage", str(tmp_path / "s"), "--checkpoint-every", "1"]
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="error", log_to_driver=False)
+    with ray_env():                                               # lsdc's own settings for a local Ray
+        ray.init(**ray_init_kwargs(None, num_cpus=2))
     try:
         assert main(soak, argv + ["--seeds", "100"]) == 0          # warm-up: imports, workers
         time.sleep(2)
