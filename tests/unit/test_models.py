@@ -90,3 +90,85 @@ def test_build_model_from_config():
     model = build_model(tiny(head="mlp", freeze_from=4))
     assert isinstance(model.head, torch.nn.Sequential)
     assert [p.requires_grad for p in model.backbone.parameters()] == [False] * len(list(model.backbone.parameters()))
+
+
+# --- lsdc.models.Conv2d: the CPU weight gradient of small maps as one matrix product -------------
+
+def _slow_conv_weight_grad(x, grad_out, k, stride, pad):
+    """The weight gradient by its definition: a loop over taps, output pixels and samples."""
+    n, c, h, w = x.shape
+    _, o, ho, wo = grad_out.shape
+    gw = torch.zeros(o, c, k, k, dtype=torch.float64)
+    for u in range(k):
+        for v in range(k):
+            for i in range(ho):
+                for j in range(wo):
+                    r, s = i * stride + u - pad, j * stride + v - pad
+                    if 0 <= r < h and 0 <= s < w:
+                        gw[:, :, u, v] += grad_out[:, :, i, j].double().t() @ x[:, :, r, s].double()
+    return gw
+
+
+@pytest.mark.parametrize("c,o,h,k,stride,pad", [
+    (128, 128, 1, 3, 1, 1),   # layer4 on 8x8 digits: only the centre tap meets the map
+    (64, 64, 2, 3, 1, 1),     # layer3 on digits
+    (64, 128, 2, 3, 2, 1),    # layer4's downsampling conv: 2x2 -> 1x1
+    (32, 64, 3, 1, 2, 0),     # a 1x1 shortcut conv, odd map
+    (8, 8, 2, 5, 1, 2)])
+def test_conv2d_gemm_weight_grad_matches_definition_and_pytorch(monkeypatch, c, o, h, k, stride, pad):
+    monkeypatch.delenv("LSDC_CPU_CONV_WGRAD", raising=False)
+    from lsdc.models import Conv2d
+    torch.manual_seed(0)
+    conv = Conv2d(c, o, k, stride, pad, bias=False)
+    ref = torch.nn.Conv2d(c, o, k, stride, pad, bias=False)
+    ref.load_state_dict(conv.state_dict())
+    x = torch.randn(16, c, h, h, requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_()
+    y, y_ref = conv(x), ref(x_ref)
+    assert type(y.grad_fn).__name__.startswith("_GemmWeightGradConv2d")   # the GEMM path ran
+    torch.testing.assert_close(y, y_ref, rtol=0, atol=0)                   # the forward is PyTorch's
+    g = torch.randn_like(y)
+    y.backward(g)
+    y_ref.backward(g)
+    slow = _slow_conv_weight_grad(x.detach(), g, k, stride, pad)
+    torch.testing.assert_close(conv.weight.grad.double(), slow, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(conv.weight.grad, ref.weight.grad, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_conv2d_gemm_path_only_where_it_is_meant(monkeypatch):
+    monkeypatch.delenv("LSDC_CPU_CONV_WGRAD", raising=False)
+    from lsdc.models import Conv2d
+    conv = Conv2d(8, 8, 3, 1, 1, bias=False)
+    small, large = torch.randn(4, 8, 2, 2), torch.randn(4, 8, 3, 3)
+    name = lambda y: type(y.grad_fn).__name__ if y.grad_fn is not None else None  # noqa: E731
+    assert name(conv(small)).startswith("_GemmWeightGradConv2d")
+    assert not name(conv(large)).startswith("_Gemm")                      # a 3x3 output map: 9 > 4 pixels
+    with torch.no_grad():
+        assert name(conv(small)) is None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not name(conv(small)).startswith("_Gemm")
+    assert not name(conv.double()(small.double())).startswith("_Gemm")
+    conv.float().weight.requires_grad_(False)                              # a frozen block
+    assert not name(conv(small.requires_grad_())).startswith("_Gemm")
+    conv.weight.requires_grad_(True)
+    monkeypatch.setenv("LSDC_CPU_CONV_WGRAD", "onednn")
+    assert not name(conv(small)).startswith("_Gemm")
+    monkeypatch.setenv("LSDC_CPU_CONV_WGRAD", "fast")
+    with pytest.raises(ValueError, match=r"^LSDC_CPU_CONV_WGRAD: unknown 'fast'; allowed: gemm, onednn$"):
+        conv(small)
+
+
+def test_conv2d_keeps_nn_conv2d_state_dict_and_bias():
+    from lsdc.models import Conv2d
+    conv = Conv2d(4, 6, 3, 1, 1, bias=True)
+    ref = torch.nn.Conv2d(4, 6, 3, 1, 1, bias=True)
+    ref.load_state_dict(conv.state_dict())
+    assert isinstance(conv, torch.nn.Conv2d)
+    x = torch.randn(3, 4, 2, 2)
+    y, y_ref = conv(x), ref(x)
+    torch.testing.assert_close(y, y_ref)
+    y.sum().backward()
+    y_ref.sum().backward()
+    torch.testing.assert_close(conv.bias.grad, ref.bias.grad)
+    torch.testing.assert_close(conv.weight.grad, ref.weight.grad, rtol=1e-4, atol=1e-5)
