@@ -51,7 +51,7 @@ def _taps(size: int, k: int, stride: int, pad: int, out: int) -> tuple[int, int]
     """The range [first, last + 1) of kernel taps that meet at least one input pixel (not
     only padding) along a dimension of ``size`` pixels."""
     valid = [u for u in range(k) if any(0 <= i * stride + u - pad < size for i in range(out))]
-    return valid[0], valid[-1] + 1
+    return (valid[0], valid[-1] + 1) if valid else (0, 0)
 
 
 class _GemmWeightGradConv2d(torch.autograd.Function):
@@ -66,8 +66,7 @@ class _GemmWeightGradConv2d(torch.autograd.Function):
         return F.conv2d(x, weight, None, stride, padding)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_out):
+    def backward(ctx, grad_out):          # differentiable ops only: a double backward works
         x, weight = ctx.saved_tensors
         stride, padding = ctx.stride, ctx.padding
         grad_x = grad_w = None
@@ -80,6 +79,8 @@ class _GemmWeightGradConv2d(torch.autograd.Function):
             # 1x1 map) have a zero gradient: the product runs over the others only
             (u0, u1), (v0, v1) = (_taps(x.shape[2], kh, stride[0], padding[0], ho),
                                   _taps(x.shape[3], kw, stride[1], padding[1], wo))
+            if u0 == u1 or v0 == v1:                   # no tap ever meets the map
+                return grad_x, weight.new_zeros(weight.shape), None, None
             xp = F.pad(x, (padding[1], padding[1], padding[0], padding[0])) if any(padding) else x
             # N x C x Ho x Wo x ku x kv (a view); rows (n, i, j), columns (c, u, v) as weight's layout
             cols = xp[:, :, u0:, v0:].unfold(2, u1 - u0, stride[0]).unfold(3, v1 - v0, stride[1])[:, :, :ho, :wo]
@@ -94,8 +95,8 @@ class _GemmWeightGradConv2d(torch.autograd.Function):
 
 
 class Conv2d(nn.Conv2d):
-    """``nn.Conv2d`` (the same parameters, state dict and results) with a faster weight
-    gradient on CPU for small output maps.
+    """``nn.Conv2d`` (the same parameters and state dict, the same forward, the same gradients up to
+    float32 rounding) with a faster weight gradient on CPU for small output maps.
 
     Why not PyTorch's kernel: on CPU, oneDNN computes the weight gradient of a convolution whose
     output map is 2x2 or 1x1 (layer3 / layer4 of the ResNet on 8x8 digits) with a generic GEMM
@@ -103,15 +104,17 @@ class Conv2d(nn.Conv2d):
     epoch; the same gradient as one matrix product over the unfolded input takes a fraction of
     that. It is the same sum in another order (float32 rounding differs, ~1e-6 relative). Used
     only on CPU, in float32 without autocast, outside ``torch.compile``, for maps of at most
-    :data:`GEMM_WGRAD_MAX_PIXELS` output pixels, and unless ``LSDC_CPU_CONV_WGRAD=onednn``.
+    :data:`GEMM_WGRAD_MAX_PIXELS` output pixels, and unless ``LSDC_CPU_CONV_WGRAD=onednn``
+    (lsdc forwards the variable to the Ray workers of its studies). A FLOP counter sees the
+    smaller product (taps that meet only padding are skipped), so CPU FLOP counts of a step fall.
     """
 
     def _gemm_weight_grad(self, x: torch.Tensor) -> bool:
-        if not (self.weight.requires_grad and torch.is_grad_enabled() and x.device.type == "cpu"
+        if not (not torch.compiler.is_compiling() and self.weight.requires_grad and torch.is_grad_enabled()
+                and x.device.type == "cpu"
                 and x.dtype == torch.float32 and self.weight.dtype == torch.float32 and x.dim() == 4
                 and self.groups == 1 and self.dilation == (1, 1) and self.padding_mode == "zeros"
-                and not isinstance(self.padding, str) and not torch.is_autocast_enabled("cpu")
-                and not torch.compiler.is_compiling()):
+                and not isinstance(self.padding, str) and not torch.is_autocast_enabled("cpu")):
             return False
         ho = (x.shape[2] + 2 * self.padding[0] - self.kernel_size[0]) // self.stride[0] + 1
         wo = (x.shape[3] + 2 * self.padding[1] - self.kernel_size[1]) // self.stride[1] + 1

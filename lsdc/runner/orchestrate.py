@@ -45,10 +45,14 @@ def preflight(planned: list[Planned], args: StudyArgs, storage: Storage) -> None
 
 
 def worker_env(args: StudyArgs) -> dict[str, str]:
-    """Environment for this run's Ray workers: the plugin modules that register entries, and
-    lsdc's test hooks where the driver has them set."""
+    """Environment for this run's Ray workers: the plugin modules that register entries, the
+    CPU convolution kernel choice (``LSDC_CPU_CONV_WGRAD``) and lsdc's test hooks where the
+    driver has them set."""
+    from ..models import CPU_WGRAD_ENV
     names = [*args.plugins, *[n for n in os.environ.get("LSDC_PLUGINS", "").split(",") if n.strip()]]
     env = {"LSDC_PLUGINS": ",".join(dict.fromkeys(names))} if names else {}
+    if os.environ.get(CPU_WGRAD_ENV):
+        env[CPU_WGRAD_ENV] = os.environ[CPU_WGRAD_ENV]
     env.update(active_hooks())
     return env
 

@@ -94,35 +94,47 @@ def test_build_model_from_config():
 
 # --- lsdc.models.Conv2d: the CPU weight gradient of small maps as one matrix product -------------
 
+def _pair(v):
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
 def _slow_conv_weight_grad(x, grad_out, k, stride, pad):
     """The weight gradient by its definition: a loop over taps, output pixels and samples."""
+    (kh, kw), (sh, sw), (ph, pw) = _pair(k), _pair(stride), _pair(pad)
     n, c, h, w = x.shape
     _, o, ho, wo = grad_out.shape
-    gw = torch.zeros(o, c, k, k, dtype=torch.float64)
-    for u in range(k):
-        for v in range(k):
+    gw = torch.zeros(o, c, kh, kw, dtype=torch.float64)
+    for u in range(kh):
+        for v in range(kw):
             for i in range(ho):
                 for j in range(wo):
-                    r, s = i * stride + u - pad, j * stride + v - pad
+                    r, s = i * sh + u - ph, j * sw + v - pw
                     if 0 <= r < h and 0 <= s < w:
                         gw[:, :, u, v] += grad_out[:, :, i, j].double().t() @ x[:, :, r, s].double()
     return gw
 
 
-@pytest.mark.parametrize("c,o,h,k,stride,pad", [
-    (128, 128, 1, 3, 1, 1),   # layer4 on 8x8 digits: only the centre tap meets the map
-    (64, 64, 2, 3, 1, 1),     # layer3 on digits
-    (64, 128, 2, 3, 2, 1),    # layer4's downsampling conv: 2x2 -> 1x1
-    (32, 64, 3, 1, 2, 0),     # a 1x1 shortcut conv, odd map
-    (8, 8, 2, 5, 1, 2)])
-def test_conv2d_gemm_weight_grad_matches_definition_and_pytorch(monkeypatch, c, o, h, k, stride, pad):
+@pytest.mark.parametrize("c,o,hw,k,stride,pad,channels_last", [
+    (128, 128, (1, 1), 3, 1, 1, False),   # layer4 on 8x8 digits: only the centre tap meets the map
+    (64, 64, (2, 2), 3, 1, 1, False),     # layer3 on digits
+    (64, 128, (2, 2), 3, 2, 1, False),    # layer4's downsampling conv: 2x2 -> 1x1
+    (32, 64, (3, 3), 1, 2, 0, False),     # a 1x1 shortcut conv, odd map
+    (8, 8, (2, 2), 5, 1, 2, True),
+    (4, 5, (3, 2), (3, 2), (2, 1), (1, 0), False),   # every pair asymmetric: rows and columns apart
+    (4, 5, (1, 4), (5, 1), (2, 3), (3, 0), True),
+    (4, 5, (1, 1), 5, 2, 3, False),       # stride 2, first tap meeting the map is not the first
+    (4, 5, (1, 1), 1, 2, 1, False)])      # no tap ever meets the map: a zero gradient
+def test_conv2d_gemm_weight_grad_matches_definition_and_pytorch(monkeypatch, c, o, hw, k, stride, pad, channels_last):
     monkeypatch.delenv("LSDC_CPU_CONV_WGRAD", raising=False)
     from lsdc.models import Conv2d
     torch.manual_seed(0)
     conv = Conv2d(c, o, k, stride, pad, bias=False)
     ref = torch.nn.Conv2d(c, o, k, stride, pad, bias=False)
     ref.load_state_dict(conv.state_dict())
-    x = torch.randn(16, c, h, h, requires_grad=True)
+    x = torch.randn(16, c, *hw)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
     x_ref = x.detach().clone().requires_grad_()
     y, y_ref = conv(x), ref(x_ref)
     assert type(y.grad_fn).__name__.startswith("_GemmWeightGradConv2d")   # the GEMM path ran
@@ -136,30 +148,47 @@ def test_conv2d_gemm_weight_grad_matches_definition_and_pytorch(monkeypatch, c, 
     torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-5, atol=1e-6)
 
 
+def test_conv2d_gemm_weight_grad_double_backward():
+    from lsdc.models import _GemmWeightGradConv2d
+    x = torch.randn(3, 4, 2, 2, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(5, 4, 3, 3, dtype=torch.float64, requires_grad=True)
+    fn = lambda x, w: _GemmWeightGradConv2d.apply(x, w, (1, 1), (1, 1))  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (x, w))
+    assert torch.autograd.gradgradcheck(fn, (x, w))
+
+
 def test_conv2d_gemm_path_only_where_it_is_meant(monkeypatch):
     monkeypatch.delenv("LSDC_CPU_CONV_WGRAD", raising=False)
     from lsdc.models import Conv2d
     conv = Conv2d(8, 8, 3, 1, 1, bias=False)
     small, large = torch.randn(4, 8, 2, 2), torch.randn(4, 8, 3, 3)
     name = lambda y: type(y.grad_fn).__name__ if y.grad_fn is not None else None  # noqa: E731
-    assert name(conv(small)).startswith("_GemmWeightGradConv2d")
-    assert not name(conv(large)).startswith("_Gemm")                      # a 3x3 output map: 9 > 4 pixels
+    gemm = lambda y: name(y) is not None and name(y).startswith("_Gemm")  # noqa: E731
+    assert gemm(conv(small))
+    assert not gemm(conv(large))                                           # a 3x3 output map: 9 > 4 pixels
     with torch.no_grad():
         assert name(conv(small)) is None
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert not name(conv(small)).startswith("_Gemm")
-    assert not name(conv.double()(small.double())).startswith("_Gemm")
-    conv.float().weight.requires_grad_(False)                              # a frozen block
-    assert not name(conv(small.requires_grad_())).startswith("_Gemm")
+        assert not gemm(conv(small))
+    assert not gemm(conv.double()(small.double()))
+    conv.float()
+    # each condition apart, on a 2x2 output map
+    assert not gemm(Conv2d(8, 8, 3, 1, 1, groups=2, bias=False)(small))
+    assert not gemm(Conv2d(8, 8, 3, 1, 2, dilation=2, bias=False)(small))
+    assert not gemm(Conv2d(8, 8, 3, 1, "same", bias=False)(small))
+    assert not gemm(Conv2d(8, 8, 3, 1, 1, padding_mode="reflect", bias=False)(small))
+    conv.weight.requires_grad_(False)                                      # a frozen block
+    assert not gemm(conv(small.requires_grad_()))
     conv.weight.requires_grad_(True)
     monkeypatch.setenv("LSDC_CPU_CONV_WGRAD", "onednn")
-    assert not name(conv(small)).startswith("_Gemm")
+    assert not gemm(conv(small))
     monkeypatch.setenv("LSDC_CPU_CONV_WGRAD", "fast")
     with pytest.raises(ValueError, match=r"^LSDC_CPU_CONV_WGRAD: unknown 'fast'; allowed: gemm, onednn$"):
         conv(small)
 
 
-def test_conv2d_keeps_nn_conv2d_state_dict_and_bias():
+def test_conv2d_keeps_nn_conv2d_state_dict_and_bias(monkeypatch):
+    monkeypatch.delenv("LSDC_CPU_CONV_WGRAD", raising=False)
     from lsdc.models import Conv2d
     conv = Conv2d(4, 6, 3, 1, 1, bias=True)
     ref = torch.nn.Conv2d(4, 6, 3, 1, 1, bias=True)
@@ -167,6 +196,7 @@ def test_conv2d_keeps_nn_conv2d_state_dict_and_bias():
     assert isinstance(conv, torch.nn.Conv2d)
     x = torch.randn(3, 4, 2, 2)
     y, y_ref = conv(x), ref(x)
+    assert type(y.grad_fn).__name__ != type(y_ref.grad_fn).__name__        # the GEMM path ran
     torch.testing.assert_close(y, y_ref)
     y.sum().backward()
     y_ref.sum().backward()
