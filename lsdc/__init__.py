@@ -5,7 +5,7 @@ environment variable, no global torch setting. Heavy modules load on first use.
 """
 from .config import ConfigError, Env, TrialConfig, make_config
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 __all__ = ["ConfigError", "Env", "Trial", "TrialConfig", "make_config", "run_trial", "__version__"]
 
 
