@@ -338,7 +338,7 @@ def make_config(dataset: str = "digits", *, scale_schedule: bool = True, **overr
     ``scale_schedule`` (default), overriding ``epochs`` alone rescales the preset's
     learning-rate steps and ramp-up length T in proportion (so ``epochs=22`` on CIFAR-10
     drops the lr at 14 and 18 and ramps up over 10 epochs), and a preset's evaluation interval
-    shrinks in proportion (digits: every 5 of 30 epochs, every epoch of a 2-epoch run); explicit
+    shrinks in proportion (digits: every 5 of 40 epochs, every epoch of a 2-epoch run); explicit
     ``lr_steps``, ``rampup`` or ``eval_every`` overrides win. A chosen entry's ``implies`` (MixUp: weight decay 1e-4) apply
     unless the field is given.
     """

@@ -65,10 +65,10 @@ def test_shortening_epochs_rescales_the_schedule():
 
 
 def test_shortening_epochs_shrinks_a_presets_evaluation_interval():
-    """digits evaluates every 5 of its 30 epochs; a shorter run evaluates as often or more
+    """digits evaluates every 5 of its 40 epochs; a shorter run evaluates as often or more
     (every epoch of a 2-epoch run), a longer one keeps 5, and an explicit value wins."""
     assert make_config("digits").eval_every == 5
-    assert [make_config("digits", epochs=e).eval_every for e in (1, 2, 3, 10, 12, 60)] == [1, 1, 1, 2, 2, 5]
+    assert [make_config("digits", epochs=e).eval_every for e in (1, 2, 3, 10, 16, 60)] == [1, 1, 1, 1, 2, 5]
     assert make_config("digits", epochs=10, eval_every=1).eval_every == 1
     assert make_config("cifar10", epochs=22).eval_every == 1
 
