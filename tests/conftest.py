@@ -126,6 +126,47 @@ def join(shared_address):
     return connect
 
 
+TINY_STUDY_ARGS = ["--dataset", "digits", "--epochs", "2", "--set", "pretrain=none", "--set", "width=0.125",
+                   "--set", "batch_size=256", "--quiet"]
+
+
+@pytest.fixture(scope="session")
+def tiny_study_run(join, tmp_path_factory):
+    """One run of a two-cell study (labeler knn / cosine, seeds 0 and 1: 4 trials of 2 epochs, no
+    pretraining) on the shared cluster, for the tests that read what a run leaves (records,
+    reruns, tables, Tune's outputs: test_orchestrate.py) and what its callbacks saw: it also
+    carries ``--callback mlflow`` (an sqlite tracking URI, where mlflow is installed) and a
+    Python callback (``main(..., callbacks=[...])``; test_study_integrations.py)."""
+    import types
+
+    from ray import tune
+
+    from lsdc.study import Study, Variant, main
+
+    class Seen(tune.Callback):
+        def __init__(self):
+            self.results = []
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            self.results.append(result.get("acc"))
+
+    join()
+    study = Study(name="tiny", title="a tiny study", variants=(Variant("a", {"labeler": "knn"}),
+                                                               Variant("b", {"labeler": "cosine"})))
+    root = tmp_path_factory.mktemp("tiny-study")
+    storage, seen, argv = str(root / "store"), Seen(), TINY_STUDY_ARGS + ["--seeds", "0,1"]
+    import importlib.util
+    uri = f"sqlite:///{root / 'mlflow.db'}" if importlib.util.find_spec("mlflow") else None
+    with pytest.MonkeyPatch.context() as mp:
+        if uri:
+            mp.setenv("MLFLOW_TRACKING_URI", uri)
+            mp.setenv("MLFLOW_EXPERIMENT_NAME", "lsdc-test")
+            argv += ["--callback", "mlflow"]
+        code = main(study, argv + ["--storage", storage], callbacks=[seen])
+    return types.SimpleNamespace(study=study, args=TINY_STUDY_ARGS, storage=storage, code=code,
+                                 seen=seen.results, mlflow_uri=uri)
+
+
 @pytest.fixture
 def joined(join):
     yield join()

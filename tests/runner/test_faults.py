@@ -1,5 +1,5 @@
 """Fault injection: a killed driver, Ctrl-C, a lost node, divergence, bad input, torn writes,
-hostile files, and a 40-trial soak. Each test would fail without the behaviour it names."""
+hostile files, a killed search (and the search completed and extended), and a 40-trial soak. Each test would fail without the behaviour it names."""
 import os
 import re
 import signal
@@ -210,8 +210,11 @@ def test_normal_exit_leaves_no_ray_processes_nor_session_folder(tmp_path, monkey
 
 
 def test_lost_node_trial_restarts_from_checkpoint_elsewhere(tmp_path, capsys):
-    """A worker node lost mid-trial; before that, the device checks of a cluster given by
-    --address: they ask the cluster, not the driver's machine (here without GPU either way)."""
+    """On one ray.cluster_utils.Cluster (a head without CPUs, two 1-CPU worker nodes): a study
+    spreads its trials over both nodes and collects every record; the device checks of a
+    cluster given by --address ask the cluster, not the driver's machine (here without GPU
+    either way); then a worker node is lost mid-trial and its trial restarts from its
+    checkpoint on the other node."""
     import ray
     from ray.cluster_utils import Cluster
 
@@ -224,6 +227,13 @@ def test_lost_node_trial_restarts_from_checkpoint_elsewhere(tmp_path, capsys):
     cluster.wait_for_nodes()
     storage = str(tmp_path / "res")
     try:
+        # two trials at once on two 1-CPU nodes (the head has none): one on each, both recorded
+        spread = str(tmp_path / "spread")
+        assert main(STUDY_TWO, TINY + ["--epochs", "2", "--seeds", "0", "--set", "pretrain=none", "--storage", spread,
+                                       "--address", cluster.address]) == 0
+        records, bad = read_records(Storage(spread), ["two"])
+        assert len(records) == 2 and not bad
+        assert {r["ray_node_id"] for r in records} == {w.node_id for w in workers}
         # --address: a CUDA device or GPU fractions asked of a cluster without GPUs: one line, exit 2,
         # nothing written (the driver's own machine is not what is checked: see the GPU node below)
         for extra, message in ((["--set", "device=cuda"], "--set device=cuda: the Ray cluster has no GPU"),
@@ -286,6 +296,7 @@ def test_lost_node_trial_restarts_from_checkpoint_elsewhere(tmp_path, capsys):
 
 
 STUDY_DEV = Study(name="dev", title="t", variants=(Variant("a"),))
+STUDY_TWO = Study(name="two", title="t", variants=(Variant("a", {"labeler": "knn"}), Variant("b", {"labeler": "cosine"})))
 
 
 @pytest.mark.parametrize("argv,message", [
@@ -536,13 +547,15 @@ def test_killed_at_named_points_full_disk_then_rerun_completes(tmp_path, joined,
     assert not {k for k in os.environ if k.startswith("LSDC_FAULT")}
 
 
-@pytest.mark.timeout(1200)   # several study runs, each a fresh Ray
-def test_killed_at_random_moments_then_the_same_command_completes(tmp_path):
+@pytest.mark.timeout(1200)   # several study runs
+def test_killed_at_random_moments_then_the_same_command_completes(tmp_path, join, capsys):
     """Finding 4, at moments nobody chose: the study's whole process group (driver, its local
     Ray, the trials) is killed with SIGKILL, as by a lost machine, twice at seeded random
     moments (start-up, pretraining, training, checkpoint or record writes: wherever they fall);
-    then the same command completes with every trial once, verified, with a consistent history
-    and no temporary file left. LSDC_TEST_SEED draws other moments."""
+    then the same command (here in-process, on the shared cluster: what a killed run left in
+    the storage is the subject, not the Ray it ran on) completes with every trial once,
+    verified, with a consistent history and no temporary file left. LSDC_TEST_SEED draws other
+    moments."""
     import glob
     import random
     import shutil
@@ -563,10 +576,12 @@ def test_killed_at_random_moments_then_the_same_command_completes(tmp_path):
         finally:
             kill_group(proc)
             proc.wait(timeout=30)
-    run = subprocess.run([sys.executable, FAULT_STUDY, "--storage", storage, *args], capture_output=True,
-                         text=True, timeout=600)
+    sys.path.insert(0, HERE)
+    from fault_study import ARGS, STUDY
+    join()
+    code = main(STUDY, ARGS + ["--storage", storage, *args])
     what = f"LSDC_TEST_SEED={seed}, killed at {moments}"
-    assert run.returncode == 0, what + "\n" + (run.stdout + run.stderr)[-4000:]
+    assert code == 0, what + "\n" + "".join(capsys.readouterr())[-4000:]
     recs, bad = read_records(Storage(storage), ["faults"])
     assert not bad and len(recs) == 3 and len({r["key"] for r in recs}) == 3, what
     for r in recs:
@@ -578,32 +593,63 @@ def test_killed_at_random_moments_then_the_same_command_completes(tmp_path):
         shutil.rmtree(d, ignore_errors=True)
 
 
-@pytest.mark.timeout(1200)   # several study runs, each a fresh Ray
-def test_killed_search_resumes_and_never_restores_a_pickle(tmp_path, shared_address):
-    """Finding 4 (a killed search: UpdateFinishedTrialError, stale RUNNING trials) and 1 (a
-    planted tuner.pkl in the search's predictable run folders), and 6 (checkpoints pruned)."""
-    import glob
+@pytest.mark.timeout(1200)   # several search runs
+def test_killed_search_resumes_completes_extends_and_never_restores_a_pickle(tmp_path, shared_address, join, capsys):
+    """The search end to end. Finding 4 (a search killed in the middle of a journal line:
+    UpdateFinishedTrialError, stale RUNNING trials) and 1 (a planted tuner.pkl in the search's
+    predictable run folders), and 6 (checkpoints pruned): the killed command (a child process
+    on the shared cluster), then the same command here, in-process, completes it with the best
+    configuration written; asked for more trials it runs only the new ones, with the rank
+    correlation of the stored trials; asked again, nothing."""
+    import json
+
     import optuna
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
+    from scipy.stats import spearmanr
+
+    from lsdc.study import search_main
     storage, marker = str(tmp_path / "res"), tmp_path / "pwned"
     search = os.path.join(os.path.dirname(os.path.dirname(HERE)), "studies", "search.py")
-    argv = [sys.executable, search, "--storage", storage, "--dataset", "digits", "--set", "width=0.125",
-            "--set", "batch_size=256", "--set", "pretrain=none", "--epochs", "2", "--trials", "2",
-            "--max-concurrent", "1", "--no-asha", "--quiet", "--address", shared_address]
-    run = subprocess.run(argv, capture_output=True, text=True, timeout=600,
-                         env=dict(os.environ, LSDC_FAULT="journal-write"))
+    args = ["--storage", storage, "--dataset", "digits", "--set", "width=0.125", "--set", "batch_size=256",
+            "--set", "pretrain=none", "--epochs", "2", "--max-concurrent", "2", "--objective", "label_free", "--quiet"]
+    run = subprocess.run([sys.executable, search, *args, "--trials", "2", "--address", shared_address],
+                         capture_output=True, text=True, timeout=600, env=dict(os.environ, LSDC_FAULT="journal-write"))
     assert run.returncode == 137, (run.stdout + run.stderr)[-3000:]  # killed in the middle of a journal line
-    journal = glob.glob(os.path.join(storage, "search", "*.journal"))[0]
+    folder = os.path.join(storage, "search")
+    journal = next(os.path.join(folder, f) for f in os.listdir(folder) if f.endswith(".journal"))
     name = os.path.basename(journal)[:-len(".journal")]
     for n in (1, 2, 3):
-        plant_pickles(os.path.join(storage, "search", "tune", f"{name}-r{n}"), marker)
-    run = subprocess.run(argv, capture_output=True, text=True, timeout=600)
-    out = run.stdout + run.stderr
-    assert run.returncode == 0, out[-4000:]
+        plant_pickles(os.path.join(folder, "tune", f"{name}-r{n}"), marker)
+    join()
+    code = search_main(args + ["--trials", "2"])
+    out = "".join(capsys.readouterr())
+    assert code == 0, out[-4000:]
     assert "UpdateFinishedTrialError" not in out and "torn or corrupt line" in out
+    assert "0/2 trials done" in out and "best configuration:" in out
     assert not marker.exists()
     study = optuna.load_study(study_name=name, storage=JournalStorage(JournalFileBackend(journal)))
     states = [t.state.name for t in study.trials]
     assert "RUNNING" not in states and states.count("COMPLETE") >= 2
-    assert not os.path.exists(os.path.join(storage, "search", "checkpoints"))
+    assert not os.path.exists(os.path.join(folder, "checkpoints"))
+    best_file = os.path.join(folder, f"best-{name}.json")
+    best = json.load(open(best_file))
+    assert best["n_trials"] == 2 and best["objective"] == "label_free"
+    assert set(best["best"]["params"]) == {"knn_k", "lam", "rampup", "lr"}
+    assert best["best_config"]["knn_k"] == best["best"]["params"]["knn_k"]
+    # more trials asked for: only the new one runs
+    assert search_main(args + ["--trials", "3"]) == 0
+    assert "2/3 trials done" in capsys.readouterr().out
+    best = json.load(open(best_file))
+    assert best["n_trials"] == 3
+    # the reported rank correlation is the one of the stored trials (recomputed here)
+    table = json.load(open(os.path.join(folder, f"{name}-trials.json")))
+    pairs = [(t["objective"], t["acc"]) for t in table.values()
+             if t.get("objective") is not None and t.get("acc") is not None and not t["diverged"]]
+    rho = spearmanr([p[0] for p in pairs], [p[1] for p in pairs]).statistic if len(pairs) >= 3 else None
+    if rho is None or rho != rho:
+        assert best["spearman_vs_acc"] is None
+    else:
+        assert best["spearman_vs_acc"] == round(float(rho), 3)
+    assert search_main(args + ["--trials", "3"]) == 0            # nothing left: no new trials
+    assert json.load(open(best_file))["n_trials"] == 3 and not marker.exists()

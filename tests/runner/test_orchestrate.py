@@ -1,4 +1,5 @@
-"""The study runner on a local Ray and on a 3-node ray.cluster_utils.Cluster (CPU, tiny digits trials)."""
+"""The study runner on the session's shared Ray cluster (CPU, tiny digits trials); on a cluster of
+several nodes: test_faults.py's lost-node test."""
 import json
 import os
 import subprocess
@@ -19,12 +20,11 @@ STUDY = Study(name="tiny", title="a tiny study", variants=(Variant("a", {"labele
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-@pytest.fixture(scope="module")
-def ran(tmp_path_factory, join):
-    join()                                        # the session's shared cluster (conftest.py)
-    storage = str(tmp_path_factory.mktemp("store"))
-    code = main(STUDY, TINY + ["--seeds", "0,1", "--storage", storage])
-    return storage, code
+@pytest.fixture
+def ran(tiny_study_run):
+    """The session's run of this study, seeds 0 and 1 (conftest.py): its storage and exit code."""
+    assert tiny_study_run.args == TINY and tiny_study_run.study == STUDY
+    return tiny_study_run.storage, tiny_study_run.code
 
 
 def test_local_ray_run_leaves_one_readable_record_per_trial(joined, ran):
@@ -146,24 +146,6 @@ def test_plan_uses_paper_seed_counts_and_explicit_lists():
     p = plan(BATCH_SIZE, "digits", seeds=[5, 7])
     assert sorted({x.cfg.seed for x in p}) == [5, 7] and len(p) == 8
     assert len({x.key for x in p}) == 8
-
-
-def test_multi_node_cluster_spreads_trials_and_collects_every_record(tmp_path):
-    from ray.cluster_utils import Cluster
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
-    try:
-        for _ in range(2):
-            cluster.add_node(num_cpus=1)
-        cluster.wait_for_nodes()
-        storage = str(tmp_path / "shared")
-        code = main(STUDY, TINY + ["--seeds", "0,1", "--storage", storage,
-                                   "--address", cluster.address])
-        assert code == 0
-        records, bad = read_records(Storage(storage), ["tiny"])
-        assert len(records) == 4 and not bad
-        assert len({r["ray_node_id"] for r in records}) == 2     # both worker nodes ran trials
-    finally:
-        cluster.shutdown()
 
 
 def test_pretraining_tasks_share_the_cpus_the_trials_wait_with(joined):

@@ -1,11 +1,10 @@
 """Studies with Optuna and callbacks as their users know them (issue 14): one study's
 --smoke-test, sqlite Optuna storage with user attributes and seed averaging, an ablation
-through Optuna's GridSampler, and --callback mlflow plus a Python callback."""
+through Optuna's GridSampler, and --callback mlflow plus a Python callback (on the session's
+two-cell run, conftest.py)."""
 import os
 
 import pytest
-from ray import tune
-
 from lsdc.records import read_records
 from lsdc.storage import Storage
 from lsdc.studies import STUDIES
@@ -53,36 +52,25 @@ def test_search_in_sqlite_with_user_attributes_and_seeds_averaged(joined, tmp_pa
     assert "seeds [0, 1]" in out
 
 
-class Seen(tune.Callback):
-    """A user's own callback through the Python hook (``main(..., callbacks=[...])``)."""
-
-    def __init__(self):
-        self.results = []
-
-    def on_trial_result(self, iteration, trials, trial, result, **info):
-        self.results.append(result.get("acc"))
-
-
-@pytest.mark.timeout(900)   # two study runs
 def test_ablation_through_optuna_same_records_as_the_default_with_mlflow_and_a_python_callback(
-        joined, tmp_path, monkeypatch):
-    """The default run also carries --callback mlflow (an sqlite tracking URI) and a Python callback."""
+        joined, tiny_study_run, tmp_path):
+    """The default run (grid) is the session's two-cell run (conftest.py), which also carries
+    --callback mlflow (an sqlite tracking URI) and a Python callback; the same cells through
+    Optuna's GridSampler (--searcher optuna) give the same trials."""
     import optuna
     mlflow = pytest.importorskip("mlflow", reason="mlflow is not installed (pip install 'lsdc[mlflow]')")
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "lsdc-test")
-    seen = Seen()
-    a, b = str(tmp_path / "grid"), str(tmp_path / "optuna")
-    assert main(TWO_CELLS, TINY + ["--seeds", "0", "--storage", a, "--callback", "mlflow"], callbacks=[seen]) == 0
-    assert len(seen.results) == 4 and all(0 < x <= 1 for x in seen.results)
-    mlflow.set_tracking_uri(uri)
+    run = tiny_study_run
+    assert run.code == 0 and run.args == TINY and [v.overrides for v in run.study.variants] == \
+        [v.overrides for v in TWO_CELLS.variants]
+    assert len(run.seen) == 8 and all(0 < x <= 1 for x in run.seen)       # 4 trials x 2 epochs
+    mlflow.set_tracking_uri(run.mlflow_uri)
     runs = mlflow.search_runs(experiment_names=["lsdc-test"])
-    assert len(runs) == 2 and runs["metrics.acc"].between(0, 1).all()
+    assert len(runs) == 4 and runs["metrics.acc"].between(0, 1).all()
     assert (runs["metrics.training_iteration"] == 2).all()
 
+    b = str(tmp_path / "optuna")
     assert main(TWO_CELLS, TINY + ["--seeds", "0", "--storage", b, "--searcher", "optuna"]) == 0
-    ka = {r["key"] for r in read_records(Storage(a), ["two"])[0]}
+    ka = {r["key"] for r in read_records(Storage(run.storage), [run.study.name])[0] if r["seed"] == 0}
     kb = {r["key"] for r in read_records(Storage(b), ["two"])[0]}
     assert len(ka) == 2 and ka == kb
     folder = os.path.join(b, "two", "optuna")

@@ -59,7 +59,7 @@ def test_under_the_users_own_asha_and_optuna_search(local_ray, cache, tmp_path):
         trainable,
         param_space={"dataset": "digits", "epochs": 3, **SMALL, "batch_size": 256,
                      "lr": tune.loguniform(0.01, 0.2), "knn_k": tune.randint(5, 20)},
-        tune_config=tune.TuneConfig(metric="acc", mode="max", num_samples=3,
+        tune_config=tune.TuneConfig(metric="acc", mode="max", num_samples=3, reuse_actors=True,
                                     scheduler=ASHAScheduler(max_t=3, grace_period=1, reduction_factor=2),
                                     search_alg=OptunaSearch(seed=0)),
         run_config=tune.RunConfig(storage_path=str(tmp_path / "tune"), verbose=0))
