@@ -262,7 +262,7 @@ def test_lost_node_trial_restarts_from_checkpoint_elsewhere(tmp_path, capsys):
         sys.path.insert(0, HERE)
         from fault_study import ARGS, STUDY
         try:
-            code = main(STUDY, ARGS + ["--storage", storage, "--epochs", "12", "--seeds", "0", "--set", "pretrain=none",
+            code = main(STUDY, ARGS + ["--storage", storage, "--epochs", "10", "--seeds", "0", "--set", "pretrain=none",
                                        "--address", cluster.address, "--max-failures", "3"])
         finally:
             with lock:
@@ -519,7 +519,7 @@ def test_killed_at_named_points_full_disk_then_rerun_completes(tmp_path, joined,
     sys.path.insert(0, HERE)
     from fault_study import ARGS, STUDY
     storage, once = str(tmp_path / "res"), str(tmp_path / "once")
-    argv = ARGS + ["--storage", storage, "--epochs", "3", "--seeds", "0", "--set", "pretrain=none", "--max-failures", "0"]
+    argv = ARGS + ["--storage", storage, "--epochs", "2", "--seeds", "0", "--set", "pretrain=none", "--max-failures", "0"]
     monkeypatch.setenv("LSDC_FAULT", "mid-epoch,checkpoint-write,record-write")
     monkeypatch.setenv("LSDC_FAULT_ONCE", once)
     assert main(STUDY, argv) != 0
