@@ -138,7 +138,8 @@ def save_checkpoint(storage: Storage, p: Planned, trial, restarts: int) -> None:
             blob = f.read()
     storage.write_bytes(f"{folder}/{name}", blob, "checkpoint-write")
     storage.write_json(f"{folder}/meta.json", {"key": p.key, "epoch": trial.epoch, "restarts": restarts,
-                                               "file": name, "sha256": hashlib.sha256(blob).hexdigest()},
+                                               "file": name, "sha256": hashlib.sha256(blob).hexdigest(),
+                                               "ray_node_id": _node_id()},   # where it was written
                        "checkpoint-write")
     for old in storage.list(folder, ".pt"):
         if old != name:
@@ -146,6 +147,14 @@ def save_checkpoint(storage: Storage, p: Planned, trial, restarts: int) -> None:
                 storage.fs.delete_file(storage.path(folder, old))
             except OSError:
                 pass
+
+
+def _node_id() -> str | None:
+    """The Ray node this process runs on (None outside Ray)."""
+    try:
+        return ray.get_runtime_context().get_node_id()
+    except Exception:
+        return None
 
 
 def load_checkpoint(storage: Storage, p: Planned, trial, log=print):
