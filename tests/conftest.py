@@ -23,7 +23,7 @@ def debug_store(tmp_path_factory):
 
 def tiny(**overrides):
     """A digits config that trains in a second or two on a laptop CPU."""
-    base = dict(epochs=2, pretrain_epochs=1, width=0.125, batch_size=64, device="cpu")
+    base = dict(epochs=2, pretrain_epochs=1, width=0.125, batch_size=256, device="cpu")
     base.update(overrides)
     return make_config("digits", **base)
 
