@@ -106,10 +106,10 @@ def kill_group(proc):
 
 def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path, shared_address, join, capsys):
     storage = str(tmp_path / "res")
-    args = ("--epochs", "7", "--seeds", "0", "--set", "pretrain=none")
+    args = ("--epochs", "5", "--seeds", "0", "--set", "pretrain=none")
     proc = start(storage, *args, "--address", shared_address)
     try:
-        wait_for(lambda: len(records_of(storage)) >= 1 and checkpointed_unfinished(storage, 3), 240,
+        wait_for(lambda: len(records_of(storage)) >= 1 and checkpointed_unfinished(storage, 2), 240,
                  "a finished trial and a checkpointed unfinished one")
         proc.send_signal(signal.SIGKILL)                 # the driver only: no chance to clean up
         proc.wait(timeout=30)
@@ -187,7 +187,11 @@ def test_reap_waits_for_exiting_processes_and_kills_stragglers():
 
 
 @pytest.mark.exclusive    # counts Ray's processes on the machine: no other Ray test beside it
-def test_normal_exit_leaves_no_ray_processes_nor_session_folder(tmp_path, monkeypatch):
+def test_normal_exit_leaves_no_ray_processes_nor_session_folder_and_a_plugin_reaches_the_workers(tmp_path, monkeypatch):
+    """A study on the local Ray that lsdc starts itself: after a normal exit no Ray process and no
+    session folder is left. Its labeler is a user's module named by --plugin (``toy_plugin``,
+    importable through PYTHONPATH as a user's would be): lsdc puts LSDC_PLUGINS in the runtime
+    environment of the Ray it starts, the workers register it, and its record says so."""
     import glob
     sessions = set(glob.glob("/tmp/ray/session_2*"))
     before = ray_pids()
@@ -200,13 +204,30 @@ def test_normal_exit_leaves_no_ray_processes_nor_session_folder(tmp_path, monkey
         seen.append([cmdline(p) for p in procs])
         return procs
     monkeypatch.setattr(cluster, "ray_processes", spy)
-    assert main(Study(name="clean", title="t", variants=(Variant("a"),)),
-                TINY + ["--epochs", "1", "--seeds", "0", "--set", "pretrain=none", "--storage", str(tmp_path)]) == 0
+    monkeypatch.setenv("PYTHONPATH", HERE + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    monkeypatch.syspath_prepend(HERE)
+    study = Study(name="plugged", title="a plugin labeler", variants=(Variant("toy", {"labeler": "toy_dot"}),))
+    storage = str(tmp_path / "store")
+    try:
+        assert main(study, TINY + ["--epochs", "2", "--seeds", "0", "--set", "pretrain=none", "--storage", storage,
+                                   "--plugin", "toy_plugin"]) == 0
+    finally:
+        from lsdc import registry
+        from lsdc.registry import LABELERS
+        if "toy_dot" in LABELERS:
+            LABELERS.remove("toy_dot")
+        sys.modules.pop("toy_plugin", None)
+        registry._PLUGINS_LOADED.discard("toy_plugin")
     assert len(seen) == 1
     assert any(b"gcs_server" in c for c in seen[0]) and any(b"raylet" in c for c in seen[0]), seen
     assert any(c.startswith(b"ray::") for c in seen[0]), seen       # the workers too
     assert ray_pids() - before == set()
     assert set(glob.glob("/tmp/ray/session_2*")) - sessions == set()     # lsdc's local cluster: removed
+    records, bad = read_records(Storage(storage), ["plugged"])
+    assert not bad and len(records) == 1
+    r = records[0]
+    assert r["config"]["labeler"] == "toy_dot" and r["effective"]["toy_dot_threshold"] == 0.8
+    assert r["status"] == "finished" and len(r["history"]) == 2
 
 
 def test_lost_node_trial_restarts_from_checkpoint_elsewhere(tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""A user's plugin module: registers a labeler. Used by tests/runner/test_plugins.py."""
+"""A user's plugin module: registers a labeler. Used by the normal-exit test in tests/runner/test_faults.py."""
 import torch
 
 from lsdc.registry import LABELERS, Param
