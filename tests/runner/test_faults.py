@@ -428,7 +428,8 @@ def test_soak_forty_trials_every_record_and_resources_return(tmp_path, monkeypat
     monkeypatch.setenv("LSDC_TEST_SECRET", "s3cr3t-t0ken-value")
     soak = Study(name="soak", title="soak", variants=(Variant("knn", {"labeler": "knn"}),
                                                       Variant("cos", {"labeler": "cosine"})))
-    argv = TINY + ["--epochs", "1", "--set", "pretrain=none", "--storage", str(tmp_path / "s"), "--checkpoint-every", "1"]
+    argv = TINY + ["--epochs", "1", "--set", "pretrain=none", "--set", "batch_size=512",   # short: 4 steps
+                   "--storage", str(tmp_path / "s"), "--checkpoint-every", "1"]
     with ray_env():                                               # lsdc's own settings for a local Ray
         ray.init(**ray_init_kwargs(None, num_cpus=2))
     try:
@@ -446,7 +447,7 @@ def test_soak_forty_trials_every_record_and_resources_return(tmp_path, monkeypat
         ray.shutdown()
     recs, bad = read_records(Storage(str(tmp_path / "s")), ["soak"])
     assert not bad and len(recs) == 42
-    assert all(r["status"] == "finished" for r in recs)
+    assert all(r["status"] == "finished" and r["config"]["batch_size"] == 512 for r in recs)
     for name in os.listdir(tmp_path / "s" / "soak" / "records"):
         assert "s3cr3t-t0ken-value" not in (tmp_path / "s" / "soak" / "records" / name).read_text()
 
