@@ -150,7 +150,9 @@ def save_checkpoint(storage: Storage, p: Planned, trial, restarts: int) -> None:
 
 
 def _node_id() -> str | None:
-    """The Ray node this process runs on (None outside Ray)."""
+    """The Ray node this process runs on; None outside Ray (where asking would start one)."""
+    if not ray.is_initialized():
+        return None
     try:
         return ray.get_runtime_context().get_node_id()
     except Exception:

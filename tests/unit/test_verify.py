@@ -7,6 +7,7 @@ import json
 import os
 import re
 import stat
+import sys
 
 import numpy as np
 import pytest
@@ -184,6 +185,9 @@ def test_unusable_trial_checkpoint_is_discarded_with_a_warning(tmp_path, env):
         assert load_checkpoint(s, p, t, log=lines.append) is False, kind
         assert "warning: checkpoint" in lines[0] and "starts from scratch" in lines[0], lines
         assert not os.path.exists(folder) and not marker.exists()
+    # the node a checkpoint was written on: none outside Ray, and asking started no Ray here
+    assert meta["ray_node_id"] is None
+    assert "ray" not in sys.modules or not sys.modules["ray"].is_initialized()
 
 
 @pytest.mark.parametrize("kind", ["corrupt", "mismatched", "malicious"])
