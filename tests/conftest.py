@@ -192,3 +192,6 @@ def _ray_test_isolation(request, tmp_path_factory):
     with open(_lock_file(tmp_path_factory), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX if request.node.get_closest_marker("exclusive") else fcntl.LOCK_SH)
         yield
+        if os.environ.get("PYTEST_XDIST_WORKER") and "join" in request.fixturenames and "ray" in sys.modules:
+            import ray
+            ray.shutdown()   # as `joined` does: no job of this process alive while the other worker runs an exclusive test

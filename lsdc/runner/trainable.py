@@ -3,7 +3,8 @@ and resumable, its record written (atomically) when it ends.
 
 Checkpoints are lsdc's own, in the storage under ``<study>/checkpoints/<trial key>/``: a
 weights-only torch file per epoch (``trial-<epoch>.pt``, read with ``weights_only=True``) and
-``meta.json`` (key, epoch, restarts, file, sha256), written after the file it names. A
+``meta.json`` (key, epoch, restarts, file, sha256, and the Ray node that wrote it), written after
+the file it names. A
 checkpoint is used only if its meta's key is the trial's and the file's hash matches; anything
 else is discarded with a warning and the trial starts from scratch. Ray Tune's own (pickled)
 state is never read back."""
@@ -98,7 +99,7 @@ def run_tune_trial(p: Planned, env: Env, storage: Storage, checkpoint_every: int
                            setup_s=setup_s,
                            backbone={"file": os.path.basename(trial.backbone_path or ""), **trial.backbone_meta},
                            restarts=restarts)
-        rec["ray_node_id"] = ray.get_runtime_context().get_node_id()
+        rec["ray_node_id"] = _node_id()
         storage.write_json(rel, rec, "record-write")
 
     for m in trial:

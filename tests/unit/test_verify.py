@@ -7,7 +7,6 @@ import json
 import os
 import re
 import stat
-import sys
 
 import numpy as np
 import pytest
@@ -154,6 +153,8 @@ def test_unusable_trial_checkpoint_is_discarded_with_a_warning(tmp_path, env):
     from lsdc.planning import Planned
     from lsdc.runner.trainable import checkpoint_dir, load_checkpoint, save_checkpoint
     from lsdc.trial import Trial
+    import ray
+    connected = ray.is_initialized()          # this process may be joined to a test cluster (tests/runner)
     s = Storage(str(tmp_path / "s"))
     kw = dict(epochs=2, width=0.125, batch_size=64, pretrain="none", device="cpu", precision="fp32")
     p = Planned("st", "a", "", "trial", make_config("digits", seed=0, **kw), "f")
@@ -186,8 +187,8 @@ def test_unusable_trial_checkpoint_is_discarded_with_a_warning(tmp_path, env):
         assert "warning: checkpoint" in lines[0] and "starts from scratch" in lines[0], lines
         assert not os.path.exists(folder) and not marker.exists()
     # the node a checkpoint was written on: none outside Ray, and asking started no Ray here
-    assert meta["ray_node_id"] is None
-    assert "ray" not in sys.modules or not sys.modules["ray"].is_initialized()
+    if not connected:
+        assert meta["ray_node_id"] is None and not ray.is_initialized()
 
 
 @pytest.mark.parametrize("kind", ["corrupt", "mismatched", "malicious"])
