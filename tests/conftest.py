@@ -5,6 +5,7 @@ import sys
 import pytest
 
 from lsdc.config import Env, make_config
+from lsdc.planning import Study, Variant
 
 
 @pytest.fixture(scope="session")
@@ -126,8 +127,12 @@ def join(shared_address):
     return connect
 
 
+# the two-cell study of `tiny_study_run` and its arguments (2 epochs, no pretraining), for the tests
+# that run it again or beside it (test_orchestrate.py, test_study_integrations.py)
 TINY_STUDY_ARGS = ["--dataset", "digits", "--epochs", "2", "--set", "pretrain=none", "--set", "width=0.125",
                    "--set", "batch_size=256", "--quiet"]
+TINY_STUDY = Study(name="tiny", title="a tiny study", variants=(Variant("a", {"labeler": "knn"}),
+                                                                Variant("b", {"labeler": "cosine"})))
 
 
 @pytest.fixture(scope="session")
@@ -141,7 +146,7 @@ def tiny_study_run(join, tmp_path_factory):
 
     from ray import tune
 
-    from lsdc.study import Study, Variant, main
+    from lsdc.study import main
 
     class Seen(tune.Callback):
         def __init__(self):
@@ -151,8 +156,6 @@ def tiny_study_run(join, tmp_path_factory):
             self.results.append(result.get("acc"))
 
     join()
-    study = Study(name="tiny", title="a tiny study", variants=(Variant("a", {"labeler": "knn"}),
-                                                               Variant("b", {"labeler": "cosine"})))
     root = tmp_path_factory.mktemp("tiny-study")
     storage, seen, argv = str(root / "store"), Seen(), TINY_STUDY_ARGS + ["--seeds", "0,1"]
     import importlib.util
@@ -162,8 +165,8 @@ def tiny_study_run(join, tmp_path_factory):
             mp.setenv("MLFLOW_TRACKING_URI", uri)
             mp.setenv("MLFLOW_EXPERIMENT_NAME", "lsdc-test")
             argv += ["--callback", "mlflow"]
-        code = main(study, argv + ["--storage", storage], callbacks=[seen])
-    return types.SimpleNamespace(study=study, args=TINY_STUDY_ARGS, storage=storage, code=code,
+        code = main(TINY_STUDY, argv + ["--storage", storage], callbacks=[seen])
+    return types.SimpleNamespace(study=TINY_STUDY, args=TINY_STUDY_ARGS, storage=storage, code=code,
                                  seen=seen.results, mlflow_uri=uri)
 
 

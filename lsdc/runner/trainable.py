@@ -4,10 +4,9 @@ and resumable, its record written (atomically) when it ends.
 Checkpoints are lsdc's own, in the storage under ``<study>/checkpoints/<trial key>/``: a
 weights-only torch file per epoch (``trial-<epoch>.pt``, read with ``weights_only=True``) and
 ``meta.json`` (key, epoch, restarts, file, sha256, and the Ray node that wrote it), written after
-the file it names. A
-checkpoint is used only if its meta's key is the trial's and the file's hash matches; anything
-else is discarded with a warning and the trial starts from scratch. Ray Tune's own (pickled)
-state is never read back."""
+the file it names. A checkpoint is used only if its meta's key is the trial's and the file's
+hash matches; anything else is discarded with a warning and the trial starts from scratch. Ray
+Tune's own (pickled) state is never read back."""
 from __future__ import annotations
 
 import hashlib

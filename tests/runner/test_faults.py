@@ -1,5 +1,6 @@
 """Fault injection: a killed driver, Ctrl-C, a lost node, divergence, bad input, torn writes,
-hostile files, a killed search (and the search completed and extended), and a 40-trial soak. Each test would fail without the behaviour it names."""
+hostile files, a killed search (and the search completed and extended), and a 40-trial soak.
+Each test would fail without the behaviour it names."""
 import os
 import re
 import signal
@@ -11,6 +12,7 @@ import time
 import pytest
 import torch
 
+from fault_study import ARGS, STUDY   # this folder is on sys.path: pytest imports its test files so
 from lsdc.records import read_records
 from lsdc.storage import Storage
 from lsdc.study import Study, Variant, main
@@ -74,22 +76,29 @@ def records_of(storage):
     return {r["key"]: r for r in read_records(Storage(storage), ["faults"])[0]}
 
 
-def checkpointed_unfinished(storage, min_epoch=0):
-    """Keys of the trials with an lsdc checkpoint (of epoch >= min_epoch) but no record yet."""
+def unfinished_checkpoints(storage, min_epoch=0):
+    """The lsdc checkpoint metas (key -> meta.json) of the trials with a checkpoint of epoch >=
+    min_epoch but no record yet."""
     import json
     base = os.path.join(storage, "faults", "checkpoints")
     done = set(records_of(storage))
-    out = []
+    out = {}
     if os.path.isdir(base):
         for key in os.listdir(base):
             try:
                 with open(os.path.join(base, key, "meta.json")) as f:
-                    epoch = json.load(f)["epoch"]
+                    meta = json.load(f)
+                epoch = meta["epoch"]
             except (OSError, ValueError, KeyError):
                 continue
             if epoch >= min_epoch and key not in done:
-                out.append(key)
+                out[key] = meta
     return out
+
+
+def checkpointed_unfinished(storage, min_epoch=0):
+    """Keys of the trials with an lsdc checkpoint (of epoch >= min_epoch) but no record yet."""
+    return list(unfinished_checkpoints(storage, min_epoch))
 
 
 def start(storage, *extra):
@@ -117,8 +126,6 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path, share
         kill_group(proc)                                  # Ray's orphaned agents of the killed session
     before = {k: r["finished_at"] for k, r in records_of(storage).items()}
     assert 1 <= len(before) < 3
-    sys.path.insert(0, HERE)
-    from fault_study import ARGS, STUDY
     join()                                                # the same command again, here in-process
     code = main(STUDY, ARGS + ["--storage", storage, *args])
     out = capsys.readouterr().out
@@ -262,26 +269,19 @@ def test_lost_node_trial_restarts_from_checkpoint_elsewhere(tmp_path, capsys):
         removed, errors, ended, lock, running_on = [], [], threading.Event(), threading.Lock(), {}
 
         def remove_a_node():
-            import json
             try:
                 wait_for(lambda: ended.is_set() or len(checkpointed_unfinished(storage)) >= 2, 240,
                          "two trials running on the two nodes")
                 with lock:
                     if not ended.is_set():
-                        for key in checkpointed_unfinished(storage):      # where their checkpoints were written
-                            try:
-                                with open(os.path.join(storage, "faults", "checkpoints", key, "meta.json")) as f:
-                                    running_on[key] = json.load(f)["ray_node_id"]
-                            except OSError:      # finished in between (its checkpoint removed)
-                                pass
+                        running_on.update({key: meta["ray_node_id"]      # where their checkpoints were written
+                                           for key, meta in unfinished_checkpoints(storage).items()})
                         cluster.remove_node(workers[0], allow_graceful=False)
                         removed.append(time.time())
             except Exception as e:          # reported by the test, not lost in the thread
                 errors.append(e)
         remover = threading.Thread(target=remove_a_node, daemon=True)
         remover.start()
-        sys.path.insert(0, HERE)
-        from fault_study import ARGS, STUDY
         try:
             code = main(STUDY, ARGS + ["--storage", storage, "--epochs", "10", "--seeds", "0", "--set", "pretrain=none",
                                        "--address", cluster.address, "--max-failures", "3"])
@@ -487,8 +487,6 @@ def test_planted_pickles_never_execute_and_bad_records_are_quarantined(tmp_path,
     from lsdc.pretrain import backbone_path
     from lsdc.runner.orchestrate import experiment_name
     from lsdc.study import parse_args, plan, planned_device_type
-    sys.path.insert(0, HERE)
-    from fault_study import ARGS, STUDY
     storage, marker = str(tmp_path / "res"), tmp_path / "pwned"
     argv = ["--epochs", "2", "--seeds", "0"]          # in-process, on the shared cluster
     args = parse_args(STUDY, ARGS + ["--storage", storage, *argv])
@@ -539,8 +537,6 @@ def test_killed_at_named_points_full_disk_then_rerun_completes(tmp_path, joined,
     hooks are set in the driver's environment only, and the driver is this process, joined to
     the shared cluster (a Ray its caller initialized, started without them): lsdc sends them with
     the trials to the workers."""
-    sys.path.insert(0, HERE)
-    from fault_study import ARGS, STUDY
     storage, once = str(tmp_path / "res"), str(tmp_path / "once")
     argv = ARGS + ["--storage", storage, "--epochs", "2", "--seeds", "0", "--set", "pretrain=none", "--max-failures", "0"]
     monkeypatch.setenv("LSDC_FAULT", "mid-epoch,checkpoint-write,record-write")
@@ -599,8 +595,6 @@ def test_killed_at_random_moments_then_the_same_command_completes(tmp_path, join
         finally:
             kill_group(proc)
             proc.wait(timeout=30)
-    sys.path.insert(0, HERE)
-    from fault_study import ARGS, STUDY
     join()
     code = main(STUDY, ARGS + ["--storage", storage, *args])
     what = f"LSDC_TEST_SEED={seed}, killed at {moments}"
